@@ -1,0 +1,184 @@
+"""The backbone registry: one frozen BackboneInfo per entry, one function to build any of them.
+
+Each entry knows its `keras.applications` factory, the preprocessing its ImageNet weights expect, its
+minimum input size, and how to find its block boundaries (for block-wise unfreezing). `tiny_cnn` is the
+project's own small backbone for the offline default study (see search/builtin.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import keras
+from keras import layers, ops
+
+from search.errors import UserError
+
+
+@keras.saving.register_keras_serializable(package="transfer_search")
+class Preprocess(layers.Layer):
+    """The backbone's `preprocess_input` as a serialisable layer, so saved models take raw 0-255 pixels.
+
+    Modes are those of keras.applications.imagenet_utils: "tf" (to [-1, 1]), "torch" (ImageNet mean/std),
+    "caffe" (RGB->BGR, minus ImageNet mean), "none" (the backbone rescales by itself).
+    """
+
+    def __init__(self, mode: str = "tf", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("tf", "torch", "caffe", "none"):
+            raise ValueError(f"unknown preprocessing mode {mode!r}")
+        self.mode = mode
+
+    def call(self, x):
+        x = ops.cast(x, self.compute_dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            return (x / 255.0 - ops.array([0.485, 0.456, 0.406])) / ops.array([0.229, 0.224, 0.225])
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.array([103.939, 116.779, 123.68])
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    factory: Callable[..., keras.Model]  # called as factory(include_top=False, weights=..., input_shape=...)
+    preprocess: str  # a Preprocess mode
+    reference_preprocess: Callable | None  # the keras.applications preprocess_input we mirror (tests)
+    min_size: int  # smallest input side the architecture accepts
+    num_layers: int  # layers of the built model, input layer excluded (checked by a test)
+    num_blocks: int  # blocks found by block_pattern (checked by a test)
+    block_pattern: str  # regex; group 1 names the block a matching layer belongs to
+    block_marks_end: bool = False  # True when the matching layer ends its block (InceptionV3's mixedN)
+    has_alpha: bool = False  # accepts a width multiplier `alpha`
+    alphas: tuple[float, ...] = ()  # alphas with published ImageNet weights
+
+
+def _apps():
+    return keras.applications
+
+
+def _tiny_cnn_factory(include_top=False, weights=None, input_shape=(32, 32, 3), **_):
+    from search.builtin import build_tiny_cnn  # local import: builtin imports this module
+
+    return build_tiny_cnn(input_shape, weights)
+
+
+BACKBONES: dict[str, BackboneInfo] = {
+    info.name: info
+    for info in [
+        BackboneInfo(
+            "tiny_cnn", _tiny_cnn_factory, "tf", None, 32, 15, 4, r"^(block\d+)_"),
+        BackboneInfo(
+            "mobilenet", lambda **kw: _apps().MobileNet(**kw), "tf",
+            lambda x: _apps().mobilenet.preprocess_input(x), 32, 85, 13, r"^conv_(?:dw|pw)_(\d+)(?:_|$)",
+            has_alpha=True, alphas=(0.25, 0.5, 0.75, 1.0)),
+        BackboneInfo(
+            "mobilenet_v2", lambda **kw: _apps().MobileNetV2(**kw), "tf",
+            lambda x: _apps().mobilenet_v2.preprocess_input(x), 32, 153, 17, r"^(expanded_conv|block_\d+)_",
+            has_alpha=True, alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
+        BackboneInfo(
+            "mobilenet_v3_small", lambda **kw: _apps().MobileNetV3Small(**kw), "none",
+            lambda x: _apps().mobilenet_v3.preprocess_input(x), 32, 156, 11, r"^(expanded_conv(?:_\d+)?)_",
+            has_alpha=True, alphas=(0.75, 1.0)),
+        BackboneInfo(
+            "mobilenet_v3_large", lambda **kw: _apps().MobileNetV3Large(**kw), "none",
+            lambda x: _apps().mobilenet_v3.preprocess_input(x), 32, 186, 15, r"^(expanded_conv(?:_\d+)?)_",
+            has_alpha=True, alphas=(0.75, 1.0)),
+        BackboneInfo(
+            "efficientnet_b0", lambda **kw: _apps().EfficientNetB0(**kw), "none",
+            lambda x: _apps().efficientnet.preprocess_input(x), 32, 236, 16, r"^(block\d+[a-z])_"),
+        BackboneInfo(
+            "efficientnet_v2_b0", lambda **kw: _apps().EfficientNetV2B0(**kw), "none",
+            lambda x: _apps().efficientnet_v2.preprocess_input(x), 32, 269, 21, r"^(block\d+[a-z])_"),
+        BackboneInfo(
+            "resnet50", lambda **kw: _apps().ResNet50(**kw), "caffe",
+            lambda x: _apps().resnet50.preprocess_input(x), 32, 174, 16, r"^(conv\d_block\d+)_"),
+        BackboneInfo(
+            "inception_v3", lambda **kw: _apps().InceptionV3(**kw), "tf",
+            lambda x: _apps().inception_v3.preprocess_input(x), 75, 310, 11, r"^(mixed\d+)$",
+            block_marks_end=True),
+    ]
+}
+
+
+def get_backbone(name: str) -> BackboneInfo:
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise UserError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}") from None
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The backbone's layers in order, without its input layer (what layer counts refer to)."""
+    return [layer for layer in model.layers if not isinstance(layer, layers.InputLayer)]
+
+
+def block_starts(info: BackboneInfo, model: keras.Model) -> list[int]:
+    """Index (into backbone_layers) of the first layer of each block, bottom to top.
+
+    Layers that match no block pattern belong to the block before them (so a backbone's final conv joins
+    its last block) or, below the first block, to the stem, which no block-wise strategy unfreezes.
+    """
+    pattern = re.compile(info.block_pattern)
+    names = [layer.name for layer in backbone_layers(model)]
+    if info.block_marks_end:  # each match closes a block; the next block starts right after it
+        ends = [i for i, n in enumerate(names) if pattern.match(n)]
+        return [0] + [e + 1 for e in ends[:-1]]
+    starts, current = [], None
+    for i, n in enumerate(names):
+        m = pattern.match(n)
+        if m and m.group(1) != current:
+            starts.append(i)
+            current = m.group(1)
+    return starts
+
+
+def num_blocks(info: BackboneInfo, model: keras.Model) -> int:
+    return len(block_starts(info, model))
+
+
+def build_backbone(info: BackboneInfo, image_size: int, weights: str, alpha: float = 1.0) -> keras.Model:
+    """Build the backbone without its top; `weights` is imagenet | none | builtin | a file path."""
+    kwargs = dict(include_top=False, input_shape=(image_size, image_size, 3))
+    if info.has_alpha:
+        kwargs["alpha"] = alpha
+    if info.name.startswith("mobilenet_v3"):
+        kwargs["include_preprocessing"] = True
+    if weights == "none":
+        kwargs["weights"] = None
+    elif weights in ("imagenet", "builtin"):
+        kwargs["weights"] = weights
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise UserError(f"weights file {weights!r} does not exist")
+        kwargs["weights"] = str(path)
+    try:
+        return info.factory(**kwargs)
+    except UserError:
+        raise
+    except Exception as exc:  # keras raises bare Exception/ValueError for both cases below
+        raise UserError(_weights_error(info, weights, exc)) from exc
+
+
+def _weights_error(info: BackboneInfo, weights: str, exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    if weights == "imagenet":
+        url = re.search(r"https?://\S+", text)
+        if url or "fetch failure" in text.lower():
+            fname = os.path.basename(url.group(0).rstrip(".,:;)'\"")) if url else "<the weights file>"
+            home = os.environ.get("KERAS_HOME", "~/.keras")
+            return (f"cannot download ImageNet weights for {info.name}: put {fname} into {home}/models/ "
+                    f"or set weights to a local .h5 path")
+    if weights not in ("none", "imagenet", "builtin"):
+        return f"weights file {weights!r} does not fit {info.name}: {text[:200]}"
+    return f"cannot build {info.name} with weights={weights!r}: {text[:200]}"

@@ -1,0 +1,160 @@
+"""The offline default: built-in image tasks and a small backbone pretrained on one of them.
+
+No network and no shared folder on a user's machine, yet the default study must be a genuine transfer.
+So the project brings two procedurally drawn tasks of 32x32 colour images:
+  - source ("shapes-source"): 8 shape classes, 400 images each; tiny_cnn is pretrained on it once and
+    the weights are cached under studies/_pretrained/ (about a minute on 2 CPU cores);
+  - target ("shapes"): 5 *other* shape classes with only 100 images each, on cluttered backgrounds.
+The target classes never appear in the source task, so what transfers is the features, as with ImageNet.
+Everything is deterministic in the seed: the same arrays on every machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+SOURCE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "hbars", "vbars", "checker")
+TARGET_CLASSES = ("ellipse", "hollow_square", "half_disc", "l_shape", "t_shape")
+TASKS = {
+    "shapes-source": (SOURCE_CLASSES, 400, 1),
+    "shapes": (TARGET_CLASSES, 200, 2),
+}
+SIZE = 32
+PRETRAIN_EPOCHS = 25
+
+
+def _mask(kind: str, u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Generator) -> np.ndarray:
+    """Boolean mask of one shape in rotated, centred coordinates (u, v) with radius r (pixels)."""
+    a, b = np.abs(u), np.abs(v)
+    w = max(1.5, r * 0.28)
+    if kind == "circle":
+        return u**2 + v**2 < r**2
+    if kind == "ring":
+        d = np.sqrt(u**2 + v**2)
+        return (d < r) & (d > r * 0.6)
+    if kind == "square":
+        return np.maximum(a, b) < r * 0.8
+    if kind == "triangle":
+        return (v < r * 0.6) & (v > -r + 1.7 * a)
+    if kind == "cross":
+        return ((a < w) & (b < r)) | ((b < w) & (a < r))
+    if kind == "hbars":
+        return (np.maximum(a, b) < r) & (np.sin(v * 1.2) > 0)
+    if kind == "vbars":
+        return (np.maximum(a, b) < r) & (np.sin(u * 1.2) > 0)
+    if kind == "checker":
+        return (np.maximum(a, b) < r) & (np.sin(u * 0.9) * np.sin(v * 0.9) > 0)
+    if kind == "ellipse":
+        ratio = rng.uniform(0.35, 0.6)
+        return (u / r) ** 2 + (v / (r * ratio)) ** 2 < 1
+    if kind == "hollow_square":
+        m = np.maximum(a, b)
+        return (m < r * 0.85) & (m > r * 0.5)
+    if kind == "l_shape":
+        return ((u > -r) & (u < -r + 2 * w) & (b < r)) | ((v < r) & (v > r - 2 * w) & (a < r))
+    if kind == "t_shape":
+        return ((a < w) & (b < r)) | ((v > -r) & (v < -r + 2 * w) & (a < r))
+    if kind == "half_disc":
+        return (u**2 + v**2 < r**2) & (v > 0)
+    raise ValueError(kind)
+
+
+def _draw(kind: str, rng: np.random.Generator, clutter: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    img = rng.uniform(0, 255, 3) * np.ones((SIZE, SIZE, 3), np.float32)
+    img += rng.normal(0, 18, (SIZE, SIZE, 3))
+    for _ in range(clutter):  # small distracting blobs that are not the class
+        cx, cy, cr = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(1.5, 3.5)
+        img[(xx - cx) ** 2 + (yy - cy) ** 2 < cr**2] = rng.uniform(0, 255, 3)
+    r = rng.uniform(7, 12)
+    cx, cy = rng.uniform(r * 0.8, SIZE - r * 0.8, 2)
+    t = rng.uniform(0, 2 * np.pi) if kind not in ("hbars", "vbars") else rng.uniform(-0.2, 0.2)
+    u = (xx - cx) * np.cos(t) + (yy - cy) * np.sin(t)
+    v = -(xx - cx) * np.sin(t) + (yy - cy) * np.cos(t)
+    colour = rng.uniform(0, 255, 3)
+    while np.abs(colour - img.mean((0, 1))).sum() < 120:  # keep the shape visible
+        colour = rng.uniform(0, 255, 3)
+    img[_mask(kind, u, v, r, rng)] = colour
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def make_task(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(images uint8 [N, 32, 32, 3], labels int [N], class names) of a built-in task."""
+    classes, per_class, clutter = TASKS[name]
+    rng = np.random.default_rng([seed, len(classes), per_class])
+    images = np.stack([_draw(kind, rng, clutter) for kind in classes for _ in range(per_class)])
+    labels = np.repeat(np.arange(len(classes)), per_class)
+    return images, labels, list(classes)
+
+
+def build_tiny_cnn(input_shape, weights):
+    """A 4-block CNN (16-32-64-128 filters, BatchNorm, ReLU); weights: None | builtin | a file path."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for i, filters in enumerate((16, 32, 64, 128), start=1):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = layers.ReLU(name=f"block{i}_relu")(x)
+        if i < 4:
+            x = layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    model = keras.Model(inputs, x, name="tiny_cnn")
+    if weights == "builtin":
+        model.load_weights(pretrained_tiny_cnn())
+    elif weights == "imagenet":
+        raise ValueError("tiny_cnn has no ImageNet weights: use weights 'builtin', 'none' or a file")
+    elif weights:
+        model.load_weights(weights)
+    return model
+
+
+def _source_fingerprint() -> str:
+    """Changes whenever the source task or the pretraining recipe changes, so the cache never goes stale."""
+    text = Path(__file__).read_text() + f"{PRETRAIN_EPOCHS}"
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def pretrained_tiny_cnn() -> str:
+    """Path of tiny_cnn's weights pretrained on the source task; trains and caches them on first use."""
+    from search.config import studies_dir
+
+    path = studies_dir() / "_pretrained" / f"tiny_cnn_shapes-source_{_source_fingerprint()}.weights.h5"
+    if not path.exists():
+        _pretrain(path)
+    return str(path)
+
+
+def _pretrain(path: Path) -> None:
+    import keras
+    from keras import layers
+
+    from search.backbones import Preprocess
+
+    print(f"pretraining tiny_cnn on the built-in source task (once; cached as {path}) ...", flush=True)
+    keras.utils.set_random_seed(1234)
+    images, labels, classes = make_task("shapes-source")
+    order = np.random.default_rng(0).permutation(len(labels))  # validation_split takes the tail
+    images, labels = images[order], labels[order]
+    backbone = build_tiny_cnn((SIZE, SIZE, 3), None)
+    inputs = keras.Input((SIZE, SIZE, 3))
+    x = backbone(Preprocess("tf")(inputs))
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(len(classes), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    steps = PRETRAIN_EPOCHS * int(np.ceil(len(labels) * 0.9 / 64))
+    schedule = keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=steps)
+    model.compile(keras.optimizers.Adam(schedule), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(images, labels, batch_size=64, epochs=PRETRAIN_EPOCHS, validation_split=0.1,
+                        verbose=0, shuffle=True)
+    print(f"  source-task validation accuracy {history.history['val_accuracy'][-1]:.3f}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{os.getpid()}.{path.name}")  # atomic: concurrent workers never see half a file
+    backbone.save_weights(tmp)
+    os.replace(tmp, path)
+    keras.backend.clear_session()

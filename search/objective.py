@@ -1,0 +1,76 @@
+"""The Optuna objective: sample a TrialConfig, fine-tune it, report, record everything on the trial."""
+
+from __future__ import annotations
+
+import gc
+
+import keras
+import optuna
+from optuna_integration import KerasPruningCallback
+
+from search.config import TrialConfig
+from search.data import load_search_data
+from search.errors import TrialError
+from search.space import Space, sample
+from search.train import TrainResult, train
+
+
+def search_data_for(cfg: TrialConfig):
+    """Train and validation parts for a config (decoded once per process, see search.data)."""
+    return load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
+
+
+class Objective:
+    """Callable objective; the decoded images live in search.data's per-process cache, not here."""
+
+    def __init__(self, space: Space):
+        self.space = space
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = sample(trial, self.space)
+        trial.set_user_attr("config", cfg.to_dict())
+        data = search_data_for(cfg)
+        curve: list[dict] = []
+        # optuna-integration's callback works with Keras 3; it reports val_accuracy at step=epoch, and
+        # phase 2 continues the epoch count, so both phases report distinct steps.
+        pruning = KerasPruningCallback(trial, "val_accuracy")
+        try:
+            result = train(cfg, data.train, data.val, data.class_names, callbacks=[pruning], curve=curve)
+            record_result(trial, result)
+            return result.metrics["accuracy"]
+        except optuna.TrialPruned:
+            trial.set_user_attr("ended", f"pruned after epoch {curve[-1]['epoch'] if curve else 0}")
+            raise
+        except TrialError as exc:
+            trial.set_user_attr("ended", f"failed: {exc}")
+            raise
+        finally:
+            trial.set_user_attr("curve", [_round(r) for r in curve])
+            keras.backend.clear_session()  # without these two, memory grows trial after trial
+            gc.collect()
+
+
+def _round(record: dict) -> dict:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}
+
+
+def record_result(trial: optuna.Trial, result: TrainResult) -> None:
+    m = result.metrics
+    attrs = {
+        "ended": "completed",
+        "val_accuracy": m["accuracy"],
+        "val_macro_precision": m["macro_precision"],
+        "val_macro_recall": m["macro_recall"],
+        "val_macro_f1": m["macro_f1"],
+        "val_per_class_f1": {name: round(c["f1"], 4) for name, c in m["per_class"].items()},
+        "val_confusion_matrix": m["confusion_matrix"],
+        "initial_val_accuracy": result.initial_accuracy,
+        "train_accuracy": result.train_accuracy,
+        "train_val_gap": result.train_accuracy - m["accuracy"],
+        "params_total": result.params_total,
+        "params_trainable": result.params_trainable,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        "seconds_total": round(result.seconds_total, 3),
+    }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)

@@ -1,0 +1,302 @@
+"""Search spaces: YAML files validated on load, and `sample`, the only caller of `trial.suggest_*`.
+
+A space has three sections (README: "Search spaces"):
+  study:   name, storage, n_trials, timeout, seed, sampler, pruner   (how Optuna runs)
+  params:  any TrialConfig field, either fixed (a plain value) or sampled:
+             {choices: [...]}                       categorical
+             {low: L, high: H, log: true, step: S}  int or float, by the field's type
+  enqueue: optional list of parameter dicts to try first (baselines such as the seeds' recipes)
+Conditional parameters are sampled only where they mean something (CONDITIONS below), so the
+dashboard never shows a momentum for Adam. Every mistake is found here, before any trial runs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from search.backbones import BACKBONES
+from search.config import DEFAULTS, FIELD_TYPES, FIXED_ONLY, TrialConfig, studies_dir
+from search.errors import UserError
+from search.model import AUGMENTATIONS, FREEZE_STRATEGIES
+from search.optimizers import OPTIMIZERS
+
+CHOICES = {"backbone": tuple(BACKBONES), "optimizer": tuple(OPTIMIZERS), "freeze": FREEZE_STRATEGIES,
+           "augment": AUGMENTATIONS}
+
+# param -> (field it depends on, predicate on that field's value): sampled only when it holds
+CONDITIONS = {
+    "alpha": ("backbone", lambda v: BACKBONES[v].has_alpha),
+    "unfreeze_layers": ("freeze", lambda v: v == "top_layers"),
+    "unfreeze_blocks": ("freeze", lambda v: v == "top_blocks"),
+    "train_bn": ("freeze", lambda v: v != "frozen"),
+    "head_units": ("head_layers", lambda v: v > 0),
+    "head_batchnorm": ("head_layers", lambda v: v > 0),
+    "momentum": ("optimizer", lambda v: v == "sgd"),
+    "weight_decay": ("optimizer", lambda v: v == "adamw"),
+}
+
+SAMPLERS = {"tpe": {"n_startup_trials": int, "multivariate": bool}, "random": {}}
+PRUNERS = {
+    "median": {"n_startup_trials": int, "n_warmup_steps": int},
+    "successive_halving": {"min_resource": int, "reduction_factor": int},
+    "hyperband": {"min_resource": int, "reduction_factor": int},
+    "none": {},
+}
+STUDY_KEYS = {"name": str, "storage": str, "n_trials": int, "timeout": (int, float), "seed": int,
+              "sampler": dict, "pruner": dict}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    fixed: Any = None
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    @property
+    def is_fixed(self) -> bool:
+        return self.choices is None and self.low is None
+
+    def values(self) -> list:
+        """Every value this param can take, with ranges as their two ends (for validation)."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.low is not None:
+            return [self.low, self.high]
+        return [self.fixed]
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    name: str = "default"
+    storage: str | None = None
+    n_trials: int = 20
+    timeout: float | None = None
+    seed: int = 0
+    sampler: dict = field(default_factory=lambda: {"type": "tpe"})
+    pruner: dict = field(default_factory=lambda: {"type": "median"})
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{studies_dir() / self.name}.db"
+
+
+@dataclass(frozen=True)
+class Space:
+    source: str
+    study: StudySettings
+    params: dict[str, Param]
+    enqueue: tuple[dict, ...] = ()
+    raw: dict = field(default_factory=dict)  # the file as parsed, stored with the study
+
+    def fixed(self, name: str):
+        """A param that is the same for every trial (dataset, split...), or the default."""
+        p = self.params.get(name)
+        return p.fixed if p is not None else DEFAULTS[name]
+
+    def with_study(self, **changes) -> "Space":
+        """The same space with study settings overridden (command-line flags)."""
+        settings = {k: v for k, v in changes.items() if v is not None}
+        study = StudySettings(**{**self.study.__dict__, **settings})
+        return Space(self.source, study, self.params, self.enqueue, self.raw)
+
+
+# ----------------------------------------------------------------------------------------------- load
+
+
+def load_space(path: str | os.PathLike) -> Space:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"space file {str(path)!r} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_space(raw, str(path))
+
+
+def parse_space(raw: Any, source: str = "<space>") -> Space:
+    def fail(key: str, message: str):
+        raise UserError(f"{source}: {key}: {message}")
+
+    if not isinstance(raw, dict):
+        fail("(top)", "a space is a mapping with sections study, params, enqueue")
+    unknown = set(raw) - {"study", "params", "enqueue"}
+    if unknown:
+        fail(sorted(unknown)[0], "unknown section; valid: study, params, enqueue")
+    study = _parse_study(raw.get("study") or {}, fail)
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, dict):
+        fail("params", "must be a mapping of TrialConfig fields")
+    params = {name: _parse_param(name, spec, fail) for name, spec in params_raw.items()}
+    _check_consistency(params, fail)
+    enqueue = raw.get("enqueue") or []
+    if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
+        fail("enqueue", "must be a list of parameter mappings")
+    for i, entry in enumerate(enqueue):
+        for name, value in entry.items():
+            if name not in params or params[name].is_fixed:
+                fail(f"enqueue[{i}].{name}", "is not a sampled param of this space")
+            _parse_param(name, value, lambda k, m: fail(f"enqueue[{i}].{k}", m))
+    return Space(source, study, params, tuple(enqueue), raw)
+
+
+def _parse_study(data: Any, fail) -> StudySettings:
+    if not isinstance(data, dict):
+        fail("study", "must be a mapping")
+    for key, value in data.items():
+        if key not in STUDY_KEYS:
+            fail(f"study.{key}", f"unknown key; valid: {', '.join(STUDY_KEYS)}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, STUDY_KEYS[key])):
+            fail(f"study.{key}", f"expected {_type_name(STUDY_KEYS[key])}, got {value!r}")
+    if data.get("n_trials") is not None and data["n_trials"] < 1:
+        fail("study.n_trials", "must be at least 1")
+    if data.get("timeout") is not None and data["timeout"] <= 0:
+        fail("study.timeout", "must be positive (seconds)")
+    name = data.get("name", "default")
+    if not name or any(c in name for c in "/\\:") or name.startswith("."):
+        fail("study.name", f"{name!r} is not usable as a file name")
+    for key, registry in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+        spec = dict(data.get(key) or {"type": "tpe" if key == "sampler" else "median"})
+        kind = spec.pop("type", None)
+        if kind not in registry:
+            fail(f"study.{key}.type", f"unknown {key} {kind!r}; valid: {', '.join(registry)}")
+        for option, value in spec.items():
+            if option not in registry[kind]:
+                valid = ", ".join(registry[kind]) or "none"
+                fail(f"study.{key}.{option}", f"unknown option for {kind}; valid: {valid}")
+            if not isinstance(value, registry[kind][option]) or (isinstance(value, bool) and
+                                                               registry[kind][option] is int):
+                fail(f"study.{key}.{option}", f"expected {_type_name(registry[kind][option])}, got {value!r}")
+    return StudySettings(**{k: v for k, v in data.items() if v is not None})
+
+
+def _type_name(t) -> str:
+    return " or ".join(x.__name__ for x in t) if isinstance(t, tuple) else t.__name__
+
+
+def _check_value(name: str, value: Any, fail) -> Any:
+    """Type-check one value of field `name`; ints are accepted where floats are expected."""
+    expected = FIELD_TYPES[name]
+    if expected is tuple:
+        if not (isinstance(value, (list, tuple)) and len(value) == 3 and
+                all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value)):
+            fail(f"params.{name}", f"expected three positive fractions [train, val, test], got {value!r}")
+        if abs(sum(value) - 1.0) > 1e-6:
+            fail(f"params.{name}", f"fractions must sum to 1, got {sum(value)}")
+        return tuple(float(v) for v in value)
+    ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        ok, value = True, float(value)
+    if not ok:
+        fail(f"params.{name}", f"expected {expected.__name__}, got {value!r}")
+    if name in CHOICES and value not in CHOICES[name]:
+        fail(f"params.{name}", f"unknown value {value!r}; valid: {', '.join(CHOICES[name])}")
+    return value
+
+
+def _parse_param(name: str, spec: Any, fail) -> Param:
+    if name not in FIELD_TYPES:
+        fail(f"params.{name}", f"unknown param; valid: {', '.join(FIELD_TYPES)}")
+    if not isinstance(spec, dict):
+        return Param(name, fixed=_check_value(name, spec, fail))
+    if name in FIXED_ONLY:
+        fail(f"params.{name}", "must be fixed (one value per study: the data is built once)")
+    keys = set(spec)
+    if "choices" in spec:
+        if keys != {"choices"}:
+            fail(f"params.{name}", "a categorical param has only 'choices'")
+        choices = spec["choices"]
+        if not isinstance(choices, list) or not choices:
+            fail(f"params.{name}.choices", "must be a non-empty list")
+        return Param(name, choices=tuple(_check_value(name, c, fail) for c in choices))
+    if not keys >= {"low", "high"} or not keys <= {"low", "high", "log", "step"}:
+        fail(f"params.{name}", "a range needs low and high (and optionally log, step); a list needs choices")
+    if FIELD_TYPES[name] not in (int, float) or name == "image_size":
+        fail(f"params.{name}", "takes a value or choices, not a range")
+    low, high = _check_value(name, spec["low"], fail), _check_value(name, spec["high"], fail)
+    if not low < high:
+        fail(f"params.{name}", f"empty or inverted range: low={low} high={high}")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        fail(f"params.{name}.log", f"expected true or false, got {log!r}")
+    if log and low <= 0:
+        fail(f"params.{name}", f"a log range needs low > 0, got {low}")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0):
+        fail(f"params.{name}.step", f"expected a positive number, got {step!r}")
+    if step is not None and log:
+        fail(f"params.{name}", "log and step cannot be combined (Optuna)")
+    return Param(name, low=low, high=high, log=log, step=step)
+
+
+def _check_consistency(params: dict[str, Param], fail) -> None:
+    """Cross-field checks that need the registries: sizes, unfreeze counts, value bounds."""
+    get = lambda n: params[n].values() if n in params else [DEFAULTS[n]]  # noqa: E731
+    backbones = [BACKBONES[b] for b in get("backbone")]
+    for info in backbones:
+        for size in get("image_size"):
+            if size < info.min_size:
+                fail("params.image_size", f"{size} is below {info.name}'s minimum input size {info.min_size}")
+        if max(get("unfreeze_layers")) > info.num_layers:
+            fail("params.unfreeze_layers", f"{max(get('unfreeze_layers'))} exceeds {info.name}'s "
+                                           f"{info.num_layers} layers")
+        if max(get("unfreeze_blocks")) > info.num_blocks:
+            fail("params.unfreeze_blocks", f"{max(get('unfreeze_blocks'))} exceeds {info.name}'s "
+                                           f"{info.num_blocks} blocks")
+    if "top_layers" in get("freeze") and min(get("unfreeze_layers")) < 1:
+        fail("params.unfreeze_layers", "must be at least 1 when freeze can be top_layers")
+    if "top_blocks" in get("freeze") and min(get("unfreeze_blocks")) < 1:
+        fail("params.unfreeze_blocks", "must be at least 1 when freeze can be top_blocks")
+    bounds = {"batch_size": (1, None), "image_size": (1, None), "warmup_epochs": (0, None),
+              "finetune_epochs": (0, None), "head_layers": (0, None), "head_units": (1, None),
+              "early_stopping_patience": (0, None), "dropout": (0, 0.99), "label_smoothing": (0, 0.99),
+              "learning_rate": (1e-12, None), "warmup_learning_rate": (1e-12, None),
+              "momentum": (0, 0.999), "weight_decay": (0, None), "alpha": (0.01, None)}
+    for name, (lo, hi) in bounds.items():
+        for v in get(name):
+            if v < lo or (hi is not None and v > hi):
+                fail(f"params.{name}", f"{v} is out of bounds [{lo}, {hi if hi is not None else 'inf'}]")
+    if max(get("warmup_epochs")) + max(get("finetune_epochs")) < 1:
+        fail("params.finetune_epochs", "a trial needs at least one epoch")
+
+
+# --------------------------------------------------------------------------------------------- sample
+
+
+def sample(trial, space: Space) -> TrialConfig:
+    """Resolve one TrialConfig: fixed params as given, the others through `trial.suggest_*`.
+
+    Fields are resolved in TrialConfig order, so a condition's field (freeze, optimizer...) is known
+    before the params that depend on it. Works with optuna.trial.FixedTrial for replaying a config.
+    """
+    values = dict(DEFAULTS)
+    for name in FIELD_TYPES:
+        param = space.params.get(name)
+        if param is None:
+            continue
+        condition = CONDITIONS.get(name)
+        if condition and not condition[1](values[condition[0]]):
+            continue  # not meaningful for this trial: keep the default, suggest nothing
+        values[name] = param.fixed if param.is_fixed else _suggest(trial, param)
+    if "seed" not in space.params:
+        values["seed"] = space.study.seed * 100_003 + trial.number  # distinct, reproducible per trial
+    return TrialConfig.from_dict(values)
+
+
+def _suggest(trial, p: Param):
+    if p.choices is not None:
+        return trial.suggest_categorical(p.name, list(p.choices))
+    if FIELD_TYPES[p.name] is int:
+        return trial.suggest_int(p.name, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+    return trial.suggest_float(p.name, p.low, p.high, step=p.step, log=p.log)

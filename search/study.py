@@ -1,0 +1,139 @@
+"""Create or resume a study from a space, check everything before the first trial, run it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import optuna
+
+from search.backbones import build_backbone, get_backbone
+from search.errors import TrialError, UserError
+from search.objective import Objective
+from search.space import Space
+
+SPACE_ATTR = "space"  # the space file as parsed, stored on the study so a resume can be checked
+
+
+def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
+    options = dict(space.study.sampler)
+    kind = options.pop("type", "tpe")
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=space.study.seed)
+    return optuna.samplers.TPESampler(seed=space.study.seed, **options)
+
+
+def make_pruner(space: Space) -> optuna.pruners.BasePruner:
+    options = dict(space.study.pruner)
+    kind = options.pop("type", "median")
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
+    if kind == "hyperband":
+        epochs = [w + f for w in _values(space, "warmup_epochs") for f in _values(space, "finetune_epochs")]
+        return optuna.pruners.HyperbandPruner(max_resource=max(epochs), **options)
+    return optuna.pruners.NopPruner()
+
+
+def _values(space: Space, name: str) -> list:
+    from search.config import DEFAULTS
+
+    return space.params[name].values() if name in space.params else [DEFAULTS[name]]
+
+
+def _storage(url: str):
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if str(path) != ":memory:":
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create the study folder {str(path.parent)!r}: {exc.strerror}") from None
+    try:
+        return optuna.storages.RDBStorage(url) if "://" in url else optuna.storages.get_storage(url)
+    except Exception as exc:
+        raise UserError(f"cannot open storage {url!r}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def open_study(space: Space) -> optuna.Study:
+    """Create the study, or resume it if it exists and was made from the same space."""
+    storage = _storage(space.study.storage_url)
+    study = optuna.create_study(
+        study_name=space.study.name, storage=storage, load_if_exists=True, direction="maximize",
+        sampler=make_sampler(space), pruner=make_pruner(space),
+    )
+    stored = study.user_attrs.get(SPACE_ATTR)
+    if stored is None:
+        study.set_user_attr(SPACE_ATTR, space.raw)
+        for params in space.enqueue:  # baselines first, once, when the study is new
+            study.enqueue_trial(params, skip_if_exists=True)
+    elif stored.get("params") != space.raw.get("params"):
+        changed = sorted(k for k in set(stored.get("params", {})) | set(space.raw.get("params", {}))
+                         if stored.get("params", {}).get(k) != space.raw.get("params", {}).get(k))
+        raise UserError(
+            f"study {space.study.name!r} in {space.study.storage_url} was made from a different space "
+            f"(params differ: {', '.join(changed)}); resume it with its own space or pick a new study.name")
+    return study
+
+
+def prepare(space: Space) -> None:
+    """Everything that can fail for the user's reasons, before the first trial: data, weights."""
+    from search.data import load_search_data
+
+    for size in _values(space, "image_size"):
+        load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
+    import keras
+
+    for backbone in _values(space, "backbone"):
+        info = get_backbone(backbone)
+        for weights in _values(space, "weights"):
+            alpha = _values(space, "alpha")[0] if info.has_alpha else 1.0
+            build_backbone(info, min(_values(space, "image_size")), weights, alpha)  # fails fast, e.g. no file
+            keras.backend.clear_session()
+
+
+def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """One line per finished trial, instead of Keras's per-batch noise."""
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
+    value = f"{trial.value:.4f}" if trial.value is not None else "  -   "
+    try:
+        best = f"{study.best_value:.4f}"
+    except ValueError:
+        best = "  -   "
+    keys = ("backbone", "freeze", "unfreeze_layers", "unfreeze_blocks", "optimizer", "learning_rate", "dropout")
+    params = " ".join(f"{k}={_fmt(trial.params[k])}" for k in keys if k in trial.params)
+    ended = trial.user_attrs.get("ended", "")
+    note = f" ({ended})" if trial.state != optuna.trial.TrialState.COMPLETE and ended else ""
+    print(f"trial {trial.number:3d} {trial.state.name:8s} value={value} best={best} {params} "
+          f"{seconds:.1f}s{note}", flush=True)
+
+
+def _fmt(v) -> str:
+    return f"{v:.2e}" if isinstance(v, float) and (v < 1e-2 or v > 1e3) else (f"{v:.3g}" if isinstance(v, float) else str(v))
+
+
+def run_study(space: Space, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepare(space)
+    study = open_study(space)
+    n_trials = n_trials or space.study.n_trials
+    timeout = timeout or space.study.timeout
+    print(f"study {space.study.name!r} in {space.study.storage_url}: {len(study.trials)} trial(s) so far, "
+          f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
+    started = time.perf_counter()
+    study.optimize(Objective(space), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
+                   callbacks=[print_trial], gc_after_trial=True)
+    summarize(study, time.perf_counter() - started)
+    return study
+
+
+def summarize(study: optuna.Study, seconds: float) -> None:
+    states = [t.state for t in study.trials]
+    counts = {s.name.lower(): states.count(s) for s in set(states)}
+    print(f"done in {seconds:.0f}s; trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if completed:
+        best, worst = max(completed, key=lambda t: t.value), min(completed, key=lambda t: t.value)
+        print(f"best  trial {best.number}: val_accuracy={best.value:.4f} {best.params}")
+        print(f"worst trial {worst.number}: val_accuracy={worst.value:.4f} {worst.params}")
