@@ -21,16 +21,23 @@ def search_data_for(cfg: TrialConfig):
 
 
 class Objective:
-    """Callable objective; the decoded images live in search.data's per-process cache, not here."""
+    """Callable objective; the decoded images live in search.data's per-process cache, not here.
 
-    def __init__(self, space: Space):
+    `reporters` run after every trial, whatever its end, as reporter(trial, cfg, curve, result,
+    class_names) with result None for pruned or failed trials (artifacts, notes). A reporter that
+    raises does not change the trial's outcome; its error is kept in the user attr "reporter_error".
+    """
+
+    def __init__(self, space: Space, reporters=()):
         self.space = space
+        self.reporters = list(reporters)
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = sample(trial, self.space)
         trial.set_user_attr("config", cfg.to_dict())
         data = search_data_for(cfg)
         curve: list[dict] = []
+        result = None
         # optuna-integration's callback works with Keras 3; it reports val_accuracy at step=epoch, and
         # phase 2 continues the epoch count, so both phases report distinct steps.
         pruning = KerasPruningCallback(trial, "val_accuracy")
@@ -46,6 +53,11 @@ class Objective:
             raise
         finally:
             trial.set_user_attr("curve", [_round(r) for r in curve])
+            for reporter in self.reporters:
+                try:
+                    reporter(trial, cfg, curve, result, data.class_names)
+                except Exception as exc:  # an artifact that cannot be written must not lose the trial
+                    trial.set_user_attr("reporter_error", f"{type(exc).__name__}: {exc}"[:300])
             keras.backend.clear_session()  # without these two, memory grows trial after trial
             gc.collect()
 

@@ -100,7 +100,7 @@ class Space:
     def fixed(self, name: str):
         """A param that is the same for every trial (dataset, split...), or the default."""
         p = self.params.get(name)
-        return p.fixed if p is not None else DEFAULTS[name]
+        return p.fixed if p is not None else getattr(TrialConfig(), name)
 
     def with_study(self, **changes) -> "Space":
         """The same space with study settings overridden (command-line flags)."""

@@ -113,7 +113,8 @@ def _fmt(v) -> str:
     return f"{v:.2e}" if isinstance(v, float) and (v < 1e-2 or v > 1e3) else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
 
-def run_study(space: Space, n_trials: int | None = None, timeout: float | None = None) -> optuna.Study:
+def run_study(space: Space, n_trials: int | None = None, timeout: float | None = None,
+              reporters=()) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepare(space)
     study = open_study(space)
@@ -122,7 +123,7 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     print(f"study {space.study.name!r} in {space.study.storage_url}: {len(study.trials)} trial(s) so far, "
           f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
     started = time.perf_counter()
-    study.optimize(Objective(space), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
+    study.optimize(Objective(space, reporters), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
                    callbacks=[print_trial], gc_after_trial=True)
     summarize(study, time.perf_counter() - started)
     return study

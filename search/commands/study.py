@@ -1,0 +1,30 @@
+"""`python -m search study`: run or resume a study from a space file."""
+
+from __future__ import annotations
+
+from search.errors import UserError
+
+DEFAULT_SPACE = "spaces/default.yaml"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--space", default=DEFAULT_SPACE, help="space YAML (default: %(default)s)")
+    parser.add_argument("--name", help="study name (overrides study.name)")
+    parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/<name>.db)")
+    parser.add_argument("--n-trials", type=int, help="trials to add in this run (overrides study.n_trials)")
+    parser.add_argument("--timeout", type=float, help="seconds budget for this run (overrides study.timeout)")
+
+
+def run(args) -> int:
+    from search.device import configure_devices
+    from search.space import load_space
+    from search.study import run_study
+
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UserError(f"--timeout must be positive seconds, got {args.timeout}")
+    space = load_space(args.space).with_study(name=args.name, storage=args.storage)
+    print(f"device: {configure_devices()}", flush=True)
+    run_study(space, n_trials=args.n_trials, timeout=args.timeout)
+    return 0

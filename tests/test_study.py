@@ -1,0 +1,102 @@
+"""A real end-to-end study on CPU: tiny trials, SQLite store, a trial pruned by the pruner, resume."""
+
+import subprocess
+import sys
+
+import optuna
+import pytest
+
+from search.space import load_space
+from search.study import run_study
+from tests.conftest import write
+
+# Trial 0 is a sound recipe. Trial 1 warms its head up with a learning rate too small to learn anything,
+# so at step 0 it sits far below trial 0's value and the median pruner (n_startup_trials=1, no warm-up
+# steps) prunes it: pruned by the pruner through the Keras callback, not by an exception of ours.
+SPACE = """
+study:
+  name: {name}
+  n_trials: 3
+  seed: 0
+  sampler: {{type: random}}
+  pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 0}}
+params:
+  dataset: builtin:shapes
+  image_size: 32
+  backbone: tiny_cnn
+  weights: builtin
+  warmup_epochs: 2
+  finetune_epochs: 2
+  warmup_learning_rate: {{choices: [0.01, 1.0e-7]}}
+  freeze: {{choices: [frozen, top_blocks]}}
+  unfreeze_blocks: {{low: 1, high: 2}}
+  optimizer: {{choices: [adam, sgd]}}
+  learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
+enqueue:
+  - {{warmup_learning_rate: 0.01, freeze: frozen, optimizer: adam, learning_rate: 0.001}}
+  - {{warmup_learning_rate: 1.0e-7, freeze: frozen, optimizer: sgd, learning_rate: 0.0001}}
+"""
+
+
+@pytest.fixture(scope="module")
+def study_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("e2e")
+    space = load_space(write(folder / "tiny.yaml", SPACE.format(name="tiny")))
+    space = space.with_study(storage=f"sqlite:///{folder}/tiny.db")
+    run_study(space)
+    return space, folder
+
+
+def test_study_completes_stores_and_prunes(study_run):
+    space, _ = study_run
+    # a fresh storage object reads the file back: the trials survived the study object
+    study = optuna.load_study(study_name="tiny", storage=space.study.storage_url)
+    states = [t.state for t in study.trials]
+    assert len(states) == 3
+    assert states[0] == optuna.trial.TrialState.COMPLETE
+    assert states[1] == optuna.trial.TrialState.PRUNED
+    pruned = study.trials[1]
+    assert pruned.user_attrs["ended"].startswith("pruned after epoch")
+    assert pruned.intermediate_values  # it reported before the pruner stopped it
+    assert len(pruned.user_attrs["curve"]) == len(pruned.intermediate_values)
+    best = study.best_trial
+    attrs = best.user_attrs
+    assert 0.2 < best.value <= 1.0 and best.value == attrs["val_accuracy"]
+    for key in ("val_macro_precision", "val_macro_recall", "val_macro_f1", "initial_val_accuracy",
+                "train_val_gap", "params_total", "params_trainable", "seconds_per_epoch", "seconds_total"):
+        assert key in attrs, key
+    assert set(attrs["val_per_class_f1"]) == {"ellipse", "hollow_square", "half_disc", "l_shape", "t_shape"}
+    assert attrs["config"]["backbone"] == "tiny_cnn"
+    assert 0 < attrs["params_trainable"] < attrs["params_total"]
+    # both phases report, with distinct steps 0..3 for a full-length trial
+    assert sorted(study.trials[0].intermediate_values) == [0, 1, 2, 3]
+    assert [r["phase"] for r in study.trials[0].user_attrs["curve"]] == [1, 1, 2, 2]
+
+
+def test_rerunning_resumes_and_adds_trials(study_run):
+    space, _ = study_run
+    run_study(space, n_trials=1)
+    study = optuna.load_study(study_name="tiny", storage=space.study.storage_url)
+    assert len(study.trials) == 4
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # nothing earlier was touched
+
+
+def test_changed_space_refuses_to_resume(study_run):
+    space, folder = study_run
+    changed = load_space(write(folder / "changed.yaml", SPACE.format(name="tiny").replace("high: 2}", "high: 3}")))
+    from search.errors import UserError
+    from search.study import open_study
+
+    with pytest.raises(UserError, match="different space"):
+        open_study(changed.with_study(storage=space.study.storage_url))
+    assert len(optuna.load_study(study_name="tiny", storage=space.study.storage_url).trials) == 4
+
+
+def test_cli_bad_space_exits_2_with_one_line(tmp_path):
+    bad = write(tmp_path / "bad.yaml", "params:\n  optimizer: adamx\n")
+    proc = subprocess.run([sys.executable, "-m", "search", "study", "--space", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "params.optimizer: unknown value 'adamx'; valid: sgd, adam, adamw, rmsprop" in proc.stderr
+    assert "Traceback" not in proc.stderr
