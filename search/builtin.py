@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 SOURCE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "hbars", "vbars", "checker")
-TARGET_CLASSES = ("ellipse", "hollow_square", "half_disc", "l_shape", "t_shape")
+TARGET_CLASSES = ("ellipse", "hollow_square", "hollow_triangle", "l_shape", "two_discs")
 TASKS = {
     "shapes-source": (SOURCE_CLASSES, 400, 1),
-    "shapes": (TARGET_CLASSES, 200, 2),
+    "shapes": (TARGET_CLASSES, 200, 1),
 }
 SIZE = 32
 PRETRAIN_EPOCHS = 25
@@ -49,17 +49,20 @@ def _mask(kind: str, u: np.ndarray, v: np.ndarray, r: float, rng: np.random.Gene
     if kind == "checker":
         return (np.maximum(a, b) < r) & (np.sin(u * 0.9) * np.sin(v * 0.9) > 0)
     if kind == "ellipse":
-        ratio = rng.uniform(0.35, 0.6)
+        ratio = rng.uniform(0.3, 0.45)
         return (u / r) ** 2 + (v / (r * ratio)) ** 2 < 1
     if kind == "hollow_square":
         m = np.maximum(a, b)
         return (m < r * 0.85) & (m > r * 0.5)
     if kind == "l_shape":
         return ((u > -r) & (u < -r + 2 * w) & (b < r)) | ((v < r) & (v > r - 2 * w) & (a < r))
-    if kind == "t_shape":
-        return ((a < w) & (b < r)) | ((v > -r) & (v < -r + 2 * w) & (a < r))
-    if kind == "half_disc":
-        return (u**2 + v**2 < r**2) & (v > 0)
+    if kind == "hollow_triangle":
+        outer = (v < r * 0.6) & (v > -r + 1.7 * a)
+        inner = (v < r * 0.25) & (v > -r * 0.45 + 1.7 * a)
+        return outer & ~inner
+    if kind == "two_discs":
+        small = (r * 0.38) ** 2
+        return ((u - r * 0.55) ** 2 + v**2 < small) | ((u + r * 0.55) ** 2 + v**2 < small)
     raise ValueError(kind)
 
 
@@ -67,9 +70,9 @@ def _draw(kind: str, rng: np.random.Generator, clutter: int) -> np.ndarray:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
     img = rng.uniform(0, 255, 3) * np.ones((SIZE, SIZE, 3), np.float32)
     img += rng.normal(0, 18, (SIZE, SIZE, 3))
-    for _ in range(clutter):  # small distracting blobs that are not the class
-        cx, cy, cr = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(1.5, 3.5)
-        img[(xx - cx) ** 2 + (yy - cy) ** 2 < cr**2] = rng.uniform(0, 255, 3)
+    for _ in range(clutter):  # a small distracting square that is not the class
+        cx, cy, half = rng.uniform(0, SIZE), rng.uniform(0, SIZE), rng.uniform(1.0, 2.0)
+        img[(np.abs(xx - cx) < half) & (np.abs(yy - cy) < half)] = rng.uniform(0, 255, 3)
     r = rng.uniform(7, 12)
     cx, cy = rng.uniform(r * 0.8, SIZE - r * 0.8, 2)
     t = rng.uniform(0, 2 * np.pi) if kind not in ("hbars", "vbars") else rng.uniform(-0.2, 0.2)

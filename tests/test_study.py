@@ -65,7 +65,7 @@ def test_study_completes_stores_and_prunes(study_run):
     for key in ("val_macro_precision", "val_macro_recall", "val_macro_f1", "initial_val_accuracy",
                 "train_val_gap", "params_total", "params_trainable", "seconds_per_epoch", "seconds_total"):
         assert key in attrs, key
-    assert set(attrs["val_per_class_f1"]) == {"ellipse", "hollow_square", "half_disc", "l_shape", "t_shape"}
+    assert set(attrs["val_per_class_f1"]) == {"ellipse", "hollow_square", "hollow_triangle", "l_shape", "two_discs"}
     assert attrs["config"]["backbone"] == "tiny_cnn"
     assert 0 < attrs["params_trainable"] < attrs["params_total"]
     # both phases report, with distinct steps 0..3 for a full-length trial
