@@ -27,10 +27,9 @@ study: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q tests $(ARGS)
 
-## make dashboard [STUDY=default] [HOST=127.0.0.1] [PORT=8080]: optuna-dashboard on the study store
+## make dashboard [STUDY=default] [HOST=127.0.0.1] [PORT=8080]: optuna-dashboard on the study, artifacts included
 dashboard: $(BIN)/.installed
-	@echo "optuna-dashboard on http://$(HOST):$(PORT)/ (studies/$(STUDY).db)"
-	$(BIN)/optuna-dashboard sqlite:///studies/$(STUDY).db --host $(HOST) --port $(PORT)
+	$(BIN)/python -m search dashboard --study $(STUDY) --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

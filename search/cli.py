@@ -18,6 +18,8 @@ from search.errors import UserError  # noqa: E402
 # command name -> (module with add_arguments/run, help)
 COMMANDS = {
     "study": ("search.commands.study", "run (or resume) a study from a space file"),
+    "dashboard": ("search.commands.dashboard", "optuna-dashboard on a study, with its per-trial artifacts"),
+    "report-html": ("search.commands.report_html", "a standalone HTML report of a study's plots"),
 }
 
 

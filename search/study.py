@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import sys
 import time
 from pathlib import Path
 
 import optuna
+from tqdm import tqdm
 
 from search.backbones import build_backbone, get_backbone
 from search.errors import TrialError, UserError
@@ -42,7 +46,13 @@ def _values(space: Space, name: str) -> list:
     return space.params[name].values() if name in space.params else [DEFAULTS[name]]
 
 
+# A dashboard or another reader may poll the file while trials are written: WAL lets readers and the
+# writer proceed side by side, and a writer that still meets a lock waits this long instead of SQLite's 5 s.
+SQLITE_TIMEOUT_S = 60
+
+
 def _storage(url: str):
+    engine_kwargs = None
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if str(path) != ":memory:":
@@ -50,10 +60,23 @@ def _storage(url: str):
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UserError(f"cannot create the study folder {str(path.parent)!r}: {exc.strerror}") from None
+            try:
+                _use_wal(path)
+            except sqlite3.Error as exc:
+                raise UserError(f"cannot open the SQLite study file {str(path)!r}: {exc}") from None
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(url) if "://" in url else optuna.storages.get_storage(url)
+        if "://" in url:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        return optuna.storages.get_storage(url)
     except Exception as exc:
         raise UserError(f"cannot open storage {url!r}: {' '.join(str(exc).split())[:200]}") from None
+
+
+def _use_wal(path: Path) -> None:
+    """Switch the file to write-ahead logging (persistent; a no-op when it already is)."""
+    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as con:
+        con.execute("PRAGMA journal_mode=WAL")
 
 
 def open_study(space: Space) -> optuna.Study:
@@ -93,7 +116,7 @@ def prepare(space: Space) -> None:
             keras.backend.clear_session()
 
 
-def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: str = "") -> None:
     """One line per finished trial, instead of Keras's per-batch noise."""
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
     value = f"{trial.value:.4f}" if trial.value is not None else "  -   "
@@ -105,8 +128,21 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     params = " ".join(f"{k}={_fmt(trial.params[k])}" for k in keys if k in trial.params)
     ended = trial.user_attrs.get("ended", "")
     note = f" ({ended})" if trial.state != optuna.trial.TrialState.COMPLETE and ended else ""
-    print(f"trial {trial.number:3d} {trial.state.name:8s} value={value} best={best} {params} "
-          f"{seconds:.1f}s{note}", flush=True)
+    # tqdm.write prints above optuna's progress bar when one is shown, like print otherwise
+    tqdm.write(f"{prefix}trial {trial.number:3d} {trial.state.name:8s} value={value} best={best} {params} "
+               f"{seconds:.1f}s{note}")
+    sys.stdout.flush()
+
+
+class Progress:
+    """Trial callback: print_trial's line led by [finished/planned] for this run."""
+
+    def __init__(self, planned: int):
+        self.planned, self.finished = planned, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.finished += 1
+        print_trial(study, trial, prefix=f"[{self.finished}/{self.planned}] ")
 
 
 def _fmt(v) -> str:
@@ -114,17 +150,25 @@ def _fmt(v) -> str:
 
 
 def run_study(space: Space, n_trials: int | None = None, timeout: float | None = None,
-              reporters=()) -> optuna.Study:
+              reporters=None) -> optuna.Study:
+    """reporters=None: the default, per-trial artifacts and notes for optuna-dashboard; () for none."""
+    from search.artifacts import ArtifactReporter, artifact_dir, save_study_note
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepare(space)
     study = open_study(space)
+    save_study_note(study, space)
+    if reporters is None:
+        reporters = [ArtifactReporter(artifact_dir(space.study.storage_url, space.study.name))]
     n_trials = n_trials or space.study.n_trials
     timeout = timeout or space.study.timeout
-    print(f"study {space.study.name!r} in {space.study.storage_url}: {len(study.trials)} trial(s) so far, "
+    finished = sum(t.state.is_finished() for t in study.trials)
+    print(f"study {space.study.name!r} in {space.study.storage_url}: {finished} finished trial(s) so far, "
           f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
     started = time.perf_counter()
+    # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
     study.optimize(Objective(space, reporters), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
-                   callbacks=[print_trial], gc_after_trial=True)
+                   callbacks=[Progress(n_trials)], gc_after_trial=True, show_progress_bar=sys.stderr.isatty())
     summarize(study, time.perf_counter() - started)
     return study
 
