@@ -28,6 +28,7 @@ class TrialConfig:
     freeze: str = "frozen"  # frozen | top_layers | top_blocks | full
     unfreeze_layers: int = 0  # top_layers only: how many of the backbone's last layers train
     unfreeze_blocks: int = 0  # top_blocks only: how many of the backbone's last blocks train
+    round_to_block: bool = False  # top_layers only: move the cut to the nearest block start (cacheable)
     train_bn: bool = False  # False keeps BatchNorm in inference mode with frozen statistics
     # --- head ---
     head_layers: int = 0  # dense hidden layers between pooling and softmax

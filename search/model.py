@@ -73,13 +73,22 @@ def trainable_range_start(info: BackboneInfo, backbone: keras.Model, cfg: TrialC
     if cfg.freeze == "top_layers":
         if not 1 <= cfg.unfreeze_layers <= n:
             raise UserError(f"unfreeze_layers={cfg.unfreeze_layers} but {cfg.backbone} has {n} layers")
-        return n - cfg.unfreeze_layers
+        start = n - cfg.unfreeze_layers
+        return nearest_block_start(info, backbone, start) if cfg.round_to_block else start
     if cfg.freeze == "top_blocks":
         starts = block_starts(info, backbone)
         if not 1 <= cfg.unfreeze_blocks <= len(starts):
             raise UserError(f"unfreeze_blocks={cfg.unfreeze_blocks} but {cfg.backbone} has {len(starts)} blocks")
         return starts[-cfg.unfreeze_blocks]
     raise UserError(f"unknown freeze strategy {cfg.freeze!r}; valid: {', '.join(FREEZE_STRATEGIES)}")
+
+
+def nearest_block_start(info: BackboneInfo, backbone: keras.Model, start: int) -> int:
+    """The block boundary nearest to layer `start` (ties go down: one more block trains).
+
+    A cut there leaves a frozen prefix that is a fixed function of the image, which search.cache can
+    compute once (TrialConfig.round_to_block)."""
+    return min(block_starts(info, backbone), key=lambda s: (abs(s - start), s))
 
 
 def apply_freezing(model: keras.Model, cfg: TrialConfig) -> None:

@@ -4,6 +4,14 @@ Phase 1 trains the head with the backbone frozen (SGD + momentum, `warmup_learni
 0..W-1. Phase 2 applies the freezing strategy, recompiles with the sampled optimizer and continues the
 epoch count (initial_epoch=W), so a pruning callback sees one step per epoch across both phases and never
 a repeated step. Phase 2 stops early on validation accuracy and restores the best weights.
+
+Where the part of the model below the trainable layers is frozen and fixed (search.cache.plan_trial),
+a phase trains a sub-model made of the full model's own trainable layers (search.cut) on tensors the
+frozen part computed once (search.cache), instead of pushing every image through it every epoch. The
+updates are the same, so is every per-epoch log the callbacks see (same epoch numbers: pruning works);
+the model returned is always the full image -> softmax model. Callbacks' `self.model` is the network
+being fit, i.e. that sub-model in a cached phase. Batches come in an order that depends only on the
+seed and the epoch, so cached and uncached phases see the very same batches.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from search import cache, cut
 from search.config import TrialConfig
 from search.data import Split, make_dataset
 from search.errors import TrialError
@@ -54,9 +63,9 @@ class EpochRecorder(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _compile(model, optimizer, cfg: TrialConfig) -> None:
+def _compile(model, optimizer, cfg: TrialConfig, steps_per_execution: int = 1) -> None:
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=cfg.label_smoothing)
-    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"])
+    model.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"], steps_per_execution=steps_per_execution)
 
 
 def _check_finite(curve: list) -> None:
@@ -68,6 +77,56 @@ def _check_finite(curve: list) -> None:
 def predict_labels(model: keras.Model, split: Split, num_classes: int, batch_size: int) -> np.ndarray:
     probs = model.predict(make_dataset(split, num_classes, batch_size, shuffle=False), verbose=0)
     return np.argmax(probs, axis=1)
+
+
+def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int,
+                  first_epoch: int):
+    """Endless (inputs, one-hot) batches, epoch after epoch from `first_epoch`; each epoch is a permutation
+    that depends only on (seed, epoch). Fit with steps_per_epoch=ceil(n / batch_size)."""
+    import tensorflow as tf
+
+    n = len(labels)
+    inputs, labels = tf.constant(inputs), tf.constant(labels)
+
+    def epoch(e):
+        keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), e]))
+        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)).batch(batch_size)
+
+    ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+    ds = ds.map(lambda i: (tf.cast(tf.gather(inputs, i), tf.float32),
+                           tf.one_hot(tf.gather(labels, i), num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def in_order(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int):
+    """(inputs, one-hot) batches in split order, for validation."""
+    return make_dataset(Split(inputs, labels), num_classes, batch_size, shuffle=False)
+
+
+class _Phase:
+    """What one phase fits: the full model on images, or a sub-model on cached tensors."""
+
+    def __init__(self, net: keras.Model, train_x: np.ndarray, eval_x: np.ndarray, cached: bool):
+        self.net, self.train_x, self.eval_x, self.cached = net, train_x, eval_x, cached
+
+    def compile(self, optimizer, cfg: TrialConfig, steps: int) -> None:
+        # On cached tensors a step is so cheap that Keras' per-step overhead would dominate: run a whole
+        # epoch per call (the same steps and updates; callbacks here act per epoch).
+        _compile(self.net, optimizer, cfg, steps_per_execution=steps if self.cached else 1)
+
+
+def _phases(cfg: TrialConfig, model: keras.Model, plan: cache.Plan, train_split: Split, eval_split: Split):
+    """The networks and inputs of phase 1 and phase 2 (tensors reused, or computed now, once)."""
+    made = {"images": _Phase(model, train_split.images, eval_split.images, cached=False)}
+    if {plan.phase1, plan.phase2} != {"images"}:
+        train_t, eval_t = cache.frozen_outputs(model, plan, [train_split.images, eval_split.images],
+                                               cfg.batch_size)
+        if "pool" in train_t:
+            made["features"] = _Phase(cut.head_model(model), train_t["pool"], eval_t["pool"], cached=True)
+        if "cut" in train_t:
+            top = cut.top_model(model, plan.cut, cfg.train_bn)
+            made["cut"] = _Phase(top, train_t["cut"], eval_t["cut"], cached=True)
+    return made[plan.phase1], made[plan.phase2]
 
 
 def train(
@@ -82,34 +141,51 @@ def train(
     keras.utils.set_random_seed(cfg.seed)
     n_classes = len(class_names)
     curve = [] if curve is None else curve
-    train_ds = make_dataset(train_split, n_classes, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    eval_ds = make_dataset(eval_split, n_classes, cfg.batch_size, shuffle=False)
+    steps = math.ceil(len(train_split) / cfg.batch_size)
     started = time.perf_counter()
     try:
         model = build_model(cfg, n_classes)
-        _compile(model, warmup_optimizer(cfg), cfg)
-        initial_accuracy = float(model.evaluate(eval_ds, verbose=0, return_dict=True)["accuracy"])
-        if cfg.warmup_epochs > 0:
-            model.fit(train_ds, validation_data=eval_ds, epochs=cfg.warmup_epochs, verbose=0, shuffle=False,
-                      callbacks=[EpochRecorder(curve, 1), *callbacks])
+        plan = cache.plan_trial(cfg, model, len(train_split) + len(eval_split))
+        cache.announce(plan)
+        phase1, phase2 = _phases(cfg, model, plan, train_split, eval_split)
+
+        def fit(phase: _Phase, start: int, stop: int, extra: list) -> None:
+            batches = epoch_batches(phase.train_x, train_split.labels, n_classes, cfg.batch_size, cfg.seed, start)
+            phase.net.fit(batches, steps_per_epoch=steps, initial_epoch=start, epochs=stop, callbacks=extra,
+                          validation_data=in_order(phase.eval_x, eval_split.labels, n_classes, cfg.batch_size),
+                          verbose=0, shuffle=False)
             _check_finite(curve)
+
+        first = phase1 if cfg.warmup_epochs > 0 or cfg.finetune_epochs == 0 else phase2
+        first.compile(warmup_optimizer(cfg), cfg, steps)
+        initial_accuracy = float(first.net.evaluate(
+            in_order(first.eval_x, eval_split.labels, n_classes, cfg.batch_size), verbose=0,
+            return_dict=True)["accuracy"])
+        last = first
+        if cfg.warmup_epochs > 0:
+            fit(phase1, 0, cfg.warmup_epochs, [EpochRecorder(curve, 1), *callbacks])
         if cfg.finetune_epochs > 0:
             apply_freezing(model, cfg)
-            _compile(model, make_optimizer(cfg), cfg)
-            phase2 = [EpochRecorder(curve, 2), *callbacks]
+            last = phase2
+            phase2.compile(make_optimizer(cfg), cfg, steps)
+            extra = [EpochRecorder(curve, 2), *callbacks]
             if cfg.early_stopping_patience > 0:
-                phase2.append(keras.callbacks.EarlyStopping(
+                extra.append(keras.callbacks.EarlyStopping(
                     monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience,
                     restore_best_weights=True))
-            model.fit(train_ds, validation_data=eval_ds, initial_epoch=cfg.warmup_epochs,
-                      epochs=cfg.total_epochs, verbose=0, shuffle=False, callbacks=phase2)
-            _check_finite(curve)
+            fit(phase2, cfg.warmup_epochs, cfg.total_epochs, extra)
+        if last.net is not model:  # leave the full model compiled as the uncached path does
+            _compile(model, last.net.optimizer, cfg)
     except Exception as exc:
         if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors.ResourceExhaustedError: OOM
             raise TrialError(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
         raise
     seconds = time.perf_counter() - started
-    y_pred = predict_labels(model, eval_split, n_classes, cfg.batch_size)
+    if last.cached:  # the sub-model on the cached tensors is the full model's function: one pass saved
+        probs = last.net.predict(in_order(last.eval_x, eval_split.labels, n_classes, cfg.batch_size), verbose=0)
+        y_pred = np.argmax(probs, axis=1)
+    else:
+        y_pred = predict_labels(model, eval_split, n_classes, cfg.batch_size)
     total, trainable = count_params(model)
     return TrainResult(
         model=model,

@@ -1,0 +1,271 @@
+"""The feature cache: same training as without it, keys that change with what the tensors depend on,
+cuts that are exact for every backbone, pruning through cached phases, the full model returned."""
+
+import dataclasses
+
+import keras
+import numpy as np
+import optuna
+import pytest
+from optuna_integration import KerasPruningCallback
+
+from search import cache
+from search.backbones import BACKBONES, backbone_layers, block_starts, build_backbone
+from search.config import TrialConfig
+from search.cut import find_cut, head_model
+from search.data import load_search_data
+from search.model import build_model, get_backbone_model, trainable_range_start
+from search.train import epoch_batches, train
+
+BASE = TrialConfig(warmup_epochs=1, finetune_epochs=2, early_stopping_patience=0, dropout=0.0,
+                   unfreeze_blocks=2, learning_rate=3e-3)
+
+
+@pytest.fixture(scope="module")
+def data():
+    from search.builtin import pretrained_tiny_cnn
+
+    pretrained_tiny_cnn()  # pretrain now if needed: it reseeds, which must not happen inside a compared trial
+    return load_search_data("builtin:shapes", 32, (0.75, 0.10, 0.15), 0)
+
+
+@pytest.fixture(autouse=True)
+def empty_store():
+    cache.STORE.clear()
+    yield
+    cache.STORE.clear()
+
+
+def run(cfg, data, mode, **kw):
+    keras.backend.clear_session()
+    with cache.using(mode):
+        result = train(cfg, data.train, data.val, data.class_names, **kw)
+    return result, cache.last_plan
+
+
+def assert_same_model(a, b, images):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
+        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a.predict(images, verbose=0), b.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("changes, phase2", [
+    ({"freeze": "frozen"}, "features"),
+    ({"freeze": "top_blocks"}, "cut"),
+    ({"freeze": "top_blocks", "train_bn": True}, "cut"),  # BatchNorm above the cut trains, batch statistics
+    ({"freeze": "frozen", "dropout": 0.3, "head_layers": 1, "head_batchnorm": True}, "features"),  # seeded dropout
+])
+def test_cached_training_ends_with_the_same_weights_and_predictions(data, changes, phase2):
+    cfg = dataclasses.replace(BASE, **changes)
+    plain, plain_plan = run(cfg, data, "off")
+    cached, plan = run(cfg, data, "memory")
+    assert (plain_plan.phase1, plain_plan.phase2) == ("images", "images")
+    assert (plan.phase1, plan.phase2) == ("features", phase2)
+    assert cache.STORE.stats["misses"] == 2 and len(cache.STORE) == (2 if phase2 == "features" else 4)
+    assert_same_model(plain.model, cached.model, data.val.images[:40].astype("float32"))
+    # the same per-epoch logs, so callbacks (pruning, early stopping) see the same thing
+    assert [r["epoch"] for r in cached.curve] == [0, 1, 2] == [r["epoch"] for r in plain.curve]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([r[key] for r in cached.curve], [r[key] for r in plain.curve], atol=1e-5)
+    assert cached.metrics["accuracy"] == plain.metrics["accuracy"]
+    assert cached.initial_accuracy == pytest.approx(plain.initial_accuracy, abs=1e-6)
+    assert cached.params_trainable == plain.params_trainable
+
+
+def test_later_trials_reuse_features_and_the_model_returned_is_the_full_model(data, tmp_path):
+    cfg = dataclasses.replace(BASE, freeze="frozen", finetune_epochs=1)
+    first, _ = run(cfg, data, "memory")
+    second, _ = run(dataclasses.replace(cfg, seed=7, learning_rate=1e-2), data, "memory")
+    assert cache.STORE.stats["misses"] == 2 and cache.STORE.stats["memory_hits"] == 2  # train and val features
+    model = second.model
+    assert tuple(model.input.shape) == (None, 32, 32, 3) and tuple(model.output.shape) == (None, 5)
+    assert get_backbone_model(model).name == "tiny_cnn"
+    # the full model on images computes what the head computed on the cached features
+    [features] = [v["pool"] for v in cache.frozen_outputs(model, cache.last_plan, [data.val.images], 32)]
+    images = data.val.images.astype("float32")
+    np.testing.assert_allclose(model.predict(images, verbose=0), head_model(model).predict(features, verbose=0),
+                               rtol=1e-5, atol=1e-5)
+    model.save(tmp_path / "m.keras")  # the sub-models built on its layers do not leak into the saved model
+    reloaded = keras.models.load_model(tmp_path / "m.keras")
+    assert len(reloaded.layers) == len(model.layers)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-5)
+
+
+class PruneFrom(optuna.pruners.BasePruner):
+    def __init__(self, step):
+        self.step = step
+
+    def prune(self, study, trial):
+        return trial.last_step is not None and trial.last_step >= self.step
+
+
+@pytest.mark.parametrize("freeze, step", [("frozen", 0), ("top_blocks", 1)])  # 1: first step of phase 2
+def test_pruning_works_through_cached_phases(data, freeze, step):
+    study = optuna.create_study(direction="maximize", pruner=PruneFrom(step))
+    trial = study.ask()
+    curve = []
+    with pytest.raises(optuna.TrialPruned):
+        run(dataclasses.replace(BASE, freeze=freeze), data, "memory",
+            callbacks=[KerasPruningCallback(trial, "val_accuracy")], curve=curve)
+    assert cache.last_plan.phase1 == "features" and cache.last_plan.phase2 in ("features", "cut")
+    frozen_trial = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert sorted(frozen_trial.intermediate_values) == list(range(step + 1))
+    assert [r["epoch"] for r in curve] == list(range(step + 1))
+    assert frozen_trial.intermediate_values[step] == pytest.approx(curve[-1]["val_accuracy"])
+
+
+def test_batches_depend_only_on_seed_and_epoch():
+    x = np.arange(10, dtype="float32")[:, None]
+    y = np.zeros(10, "int32")
+
+    def batches(first, n):
+        ds = epoch_batches(x, y, 2, 4, seed=3, first_epoch=first)
+        return [b[0].numpy().ravel().tolist() for b in ds.take(n)]
+
+    from_zero, from_two = batches(0, 9), batches(2, 3)
+    assert from_zero[6:9] == from_two  # epochs of 3 batches: epoch 2 is the same wherever a fit starts
+    assert sorted(sum(from_zero[:3], [])) == list(range(10))  # each epoch is a permutation
+    assert from_zero[:3] != from_zero[3:6]  # reshuffled every epoch
+
+
+# ------------------------------------------------------------------------------------------------ keys
+
+
+def key_of(cfg, split_seed=0, size=None):
+    size = size or cfg.image_size
+    split = load_search_data(cfg.dataset, size, cfg.split, split_seed).train
+    keras.backend.clear_session()
+    model = build_model(dataclasses.replace(cfg, image_size=size), 5)
+    return cache.feature_key(model, None, split.images)
+
+
+def test_keys_change_with_backbone_weights_size_split_and_preprocessing(monkeypatch):
+    cfg = TrialConfig()
+    base = key_of(cfg)
+    assert key_of(cfg) == base  # rebuilt in a fresh session (a later trial): the same key, so reuse works
+    assert key_of(dataclasses.replace(cfg, seed=5, dropout=0.4, head_layers=1)) == base  # head: irrelevant
+    changed = {
+        "backbone": key_of(dataclasses.replace(cfg, backbone="mobilenet", alpha=0.25, weights="none")),
+        "weights": key_of(dataclasses.replace(cfg, weights="none")),
+        "image size": key_of(cfg, size=40),
+        "split": key_of(cfg, split_seed=1),
+    }
+    monkeypatch.setitem(BACKBONES, "tiny_cnn", dataclasses.replace(BACKBONES["tiny_cnn"], preprocess="torch"))
+    changed["preprocessing"] = key_of(cfg)
+    assert base not in changed.values() and len(set(changed.values())) == len(changed), changed
+
+
+def test_store_is_bounded_least_recently_used_first():
+    with cache.using("memory", max_mb=1):
+        store = cache.FeatureStore()
+        arrays = {k: np.full((400 * 256,), i, "float32") for i, k in enumerate("abc")}  # 400 KiB each
+        store.put("a", arrays["a"])
+        store.put("b", arrays["b"])
+        assert store.get("a") is not None  # a is now the most recent
+        store.put("c", arrays["c"])
+        assert store.get("b") is None and store.get("a") is not None and store.get("c") is not None
+        assert store.nbytes <= 2**20
+        store.put("huge", np.zeros(2**19, "float32"))  # 2 MiB: over the budget, used but never kept
+        assert store.get("huge") is None
+        with pytest.raises(ValueError):
+            arrays["a"][0] = 1.0  # shared between trials: read-only
+
+
+def test_disk_mode_persists_features_for_another_process(data, studies_home):
+    cfg = dataclasses.replace(BASE, freeze="frozen", finetune_epochs=1)
+    with cache.using("disk"):
+        first, _ = run(cfg, data, "disk")
+        files = sorted((studies_home / "_cache" / "features").glob("*.npy"))
+        assert len(files) == 2  # train and validation features
+        cache.STORE.clear()  # what a second worker starts with
+        second, _ = run(cfg, data, "disk")
+    assert cache.STORE.stats["disk_hits"] == 2 and cache.STORE.stats["misses"] == 0
+    assert second.metrics == first.metrics
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+def test_augmentation_turns_the_cache_off_for_the_whole_trial():
+    for augment in ("light", "strong"):
+        cfg = TrialConfig(augment=augment, freeze="top_blocks", unfreeze_blocks=1)
+        plan = cache.plan_trial(cfg, build_model(cfg, 5), 100)
+        assert (plan.phase1, plan.phase2) == ("images", "images") and "augment" in plan.note
+
+
+def test_round_to_block_moves_a_layer_wise_cut_to_a_block_start():
+    info = BACKBONES["mobilenet_v2"]
+    cfg = TrialConfig(backbone="mobilenet_v2", alpha=0.35, weights="none", image_size=32, freeze="top_layers",
+                      unfreeze_layers=12)
+    model = build_model(cfg, 5)
+    backbone = get_backbone_model(model)
+    inside = trainable_range_start(info, backbone, cfg)
+    assert inside not in block_starts(info, backbone)
+    plan = cache.plan_trial(cfg, model, 100)
+    assert plan.phase2 == "images" and "tensors cross" in plan.note  # a residual block is cut in two
+    rounded = dataclasses.replace(cfg, round_to_block=True)
+    start = trainable_range_start(info, backbone, rounded)
+    assert start in block_starts(info, backbone)
+    assert min(abs(s - inside) for s in block_starts(info, backbone)) == abs(start - inside)
+    plan = cache.plan_trial(rounded, model, 100)
+    assert plan.phase2 == "cut" and plan.cut.start == start
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_every_block_start_is_an_exact_cut(name):
+    """Keras 3 builds the part above each block start from the intermediate tensor, and prefix + top
+    computes what the whole backbone computes. Backbones with layers that are random during fit keep
+    training on images (the plan says which layer)."""
+    info = BACKBONES[name]
+    alpha = info.alphas[0] if info.has_alpha else 1.0
+    backbone = build_backbone(info, info.min_size, "none", alpha)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, info.min_size, info.min_size, 3)).astype("float32")
+    expected = np.asarray(backbone(x, training=False))
+    starts = block_starts(info, backbone)[1:]
+    cuts = {}
+    for start in starts:
+        cuts[start], why = find_cut(backbone, start)
+        assert cuts[start] is not None, f"{name} block at {start}: {why}"
+    for start in (starts[0], starts[len(starts) // 2], starts[-1]):  # computing every one would be slow
+        cut = cuts[start]
+        below = keras.Model(backbone.input, cut.tensor)
+        above = keras.Model(cut.tensor, backbone.output)
+        assert {id(l) for l in above.layers[1:]} <= {id(l) for l in backbone_layers(backbone)}  # same objects
+        np.testing.assert_allclose(np.asarray(above(below(x))), expected, rtol=1e-4, atol=1e-4)
+    cfg = TrialConfig(backbone=name, alpha=alpha, weights="none", image_size=info.min_size)
+    plan = cache.plan_trial(cfg, build_model(cfg, 3), 100)
+    if name.startswith("efficientnet"):
+        assert plan.phase1 == "images" and "_drop" in plan.note
+    else:
+        assert (plan.phase1, plan.phase2) == ("features", "features")
+
+
+def test_cut_inside_a_residual_block_is_refused():
+    info = BACKBONES["mobilenet_v2"]
+    backbone = build_backbone(info, 32, "none", 0.35)
+    names = [l.name for l in backbone_layers(backbone)]
+    cut, why = find_cut(backbone, names.index("block_2_project"))  # block_2 adds its input back at the end
+    assert cut is None and "2 tensors cross" in why
+
+
+def test_bench_command_rejects_bad_input_with_one_line(tmp_path, capsys):
+    from search.cli import main
+
+    missing = str(tmp_path / "missing.h5")
+    for args, message in [(["--weights", missing, "--backbone", "mobilenet_v2"], "does not exist"),
+                          (["--weights", str(tmp_path)], "cannot tell which backbone"),
+                          (["--epochs", "3", "--warmup-epochs", "3"], "--warmup-epochs must be in"),
+                          (["--unfreeze-blocks", "9"], "exceeds tiny_cnn's 4 blocks"),
+                          (["--memory", "--trials", "0"], "--trials must be at least 1")]:
+        assert main(["bench", "--out", str(tmp_path / "out"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_cache_setting_is_a_user_error(monkeypatch):
+    from search.errors import UserError
+
+    monkeypatch.setenv("TRANSFER_SEARCH_FEATURE_CACHE", "ram")
+    with pytest.raises(UserError, match="TRANSFER_SEARCH_FEATURE_CACHE='ram'; valid: memory, disk, off"):
+        cache.settings()
