@@ -1,0 +1,22 @@
+"""`python -m search export`: best.yaml (best-2.yaml ... with --top K) and trials.csv of a study."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--study", required=True, help="study name (store sqlite:///studies/<name>.db)")
+    parser.add_argument("--storage", help="Optuna storage URL, if not the default store of --study")
+    parser.add_argument("--top", type=int, default=1,
+                        help="export the K best completed trials: best.yaml, best-2.yaml, ... (default 1)")
+
+
+def run(args) -> int:
+    from search.export import export
+
+    written = export(args.study, args.storage, args.top)
+    configs = [p for p in written if p.suffix == ".yaml"]
+    if len(configs) < args.top:
+        print(f"note: only {len(configs)} completed trial(s) to export (asked for --top {args.top})")
+    for path in written:
+        print(f"wrote {path}")
+    return 0

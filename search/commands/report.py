@@ -1,0 +1,16 @@
+"""`python -m search report`: per backbone x freezing strategy table of a study, Markdown and CSV."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--study", required=True, help="study name (store sqlite:///studies/<name>.db)")
+    parser.add_argument("--storage", help="Optuna storage URL, if not the default store of --study")
+
+
+def run(args) -> int:
+    from search.report import write_report
+
+    for path in write_report(args.study, args.storage):
+        print(f"wrote {path}")
+    return 0

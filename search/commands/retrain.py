@@ -1,0 +1,19 @@
+"""`python -m search retrain`: retrain an exported config, evaluate once on the test split, report."""
+
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="an exported config, e.g. studies/<study>/best.yaml")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="retrain N times with seeds seed, seed+1, ... and report mean ± std (default 1)")
+
+
+def run(args) -> int:
+    from search.device import configure_devices
+    from search.retrain import retrain
+
+    print(f"device: {configure_devices()}", flush=True)
+    folder = retrain(args.config, args.seeds)
+    print(f"wrote {folder / 'report.md'}")
+    return 0

@@ -1,0 +1,293 @@
+"""Export a study's winners: best.yaml (a space file with every param fixed) and trials.csv.
+
+best.yaml is an ordinary space file, so retraining goes through `load_space` and `sample` like any
+trial (no second parser). Its extra `exported:` section records where the config came from and what it
+was trained on: study, trial, validation metrics, library versions, and fingerprints of the dataset
+(class names, per-split counts, a hash of each split's decoded pixels) and of the backbone weights.
+`retrain` recomputes the fingerprints and refuses a config whose data or weights have changed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+import optuna
+import yaml
+
+from search.config import TrialConfig, studies_dir
+from search.errors import UserError
+
+PARTS = ("train", "val", "test")
+VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "optuna", "numpy", "scikit-learn", "pillow",
+             "transfer-search")
+
+
+# ------------------------------------------------------------------------------------- locate a study
+
+
+def study_url(name: str, storage: str | None = None) -> str:
+    return storage or f"sqlite:///{studies_dir() / name}.db"
+
+
+def output_dir(name: str) -> Path:
+    """studies/<study>/: where export, retrain and report write."""
+    return studies_dir() / name
+
+
+def load_study(name: str, storage: str | None = None) -> optuna.Study:
+    """An existing study, or a one-line UserError; never creates a store."""
+    if not name or any(c in name for c in "/\\:") or name.startswith("."):
+        raise UserError(f"--study {name!r} is not a study name")
+    url = study_url(name, storage)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        raise UserError(f"no study store {url[len('sqlite:///'):]!r}: run `make study` first, or pass --storage")
+    from search.study import _storage  # the same storage errors as `study`
+
+    store = _storage(url)
+    names = optuna.get_all_study_names(storage=store)
+    if name not in names:
+        raise UserError(f"no study {name!r} in {url}; it holds: {', '.join(names) or 'no study'}")
+    return optuna.load_study(study_name=name, storage=store)
+
+
+def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """Completed trials, best first (ties: the earlier trial)."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "config" in t.user_attrs]
+    return sorted(done, key=lambda t: (-t.value, t.number))
+
+
+# --------------------------------------------------------------------------------------- fingerprints
+
+
+def _sha(*arrays: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def dataset_fingerprint(cfg: TrialConfig) -> dict:
+    """Class names, images per split, and a hash of each split's decoded pixels and labels.
+
+    Hashing the decoded images (not file names) catches a replaced or re-encoded file as well as an
+    added, removed or renamed one, for folders, built-in tasks and TFDS alike.
+    """
+    from search.data import load_images, split_indices
+
+    images, labels, classes = load_images(cfg.dataset, cfg.image_size)
+    parts = dict(zip(PARTS, split_indices(labels, cfg.split, cfg.split_seed)))
+    return {
+        "class_names": list(classes),
+        "counts": {p: int(len(idx)) for p, idx in parts.items()},
+        "sha256": {p: _sha(images[idx], labels[idx]) for p, idx in parts.items()},
+    }
+
+
+def _file_sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def weights_fingerprint(cfg: TrialConfig) -> dict:
+    if cfg.weights in ("imagenet", "none"):
+        return {"source": cfg.weights}  # ImageNet files are keras's, identified by the keras version
+    if cfg.weights == "builtin":
+        from search import builtin
+
+        # the cache file is named by this fingerprint of the source task and pretraining recipe
+        return {"source": "builtin", "recipe": builtin._source_fingerprint()}
+    path = Path(cfg.weights).expanduser()
+    if path.is_dir():  # a folder of official files: fingerprint the one this backbone uses
+        from search.backbones import get_backbone, weights_in_folder
+
+        path = weights_in_folder(get_backbone(cfg.backbone), cfg.alpha, path)
+    if not path.is_file():
+        raise UserError(f"weights file {cfg.weights!r} does not exist")
+    return {"source": "file", "file": str(path.resolve()), "sha256": _file_sha(path)}
+
+
+def check_fingerprints(cfg: TrialConfig, exported: dict, source: str) -> None:
+    """Raise a one-line UserError naming what changed since export: class list, split, pixels, weights."""
+    want_w = exported.get("weights") or {}
+    if want_w.get("source") == "file":
+        if not Path(cfg.weights).expanduser().exists():
+            raise UserError(f"{source}: weights file {cfg.weights!r} no longer exists")
+    now_w = weights_fingerprint(cfg)
+    if want_w.get("source") == "file" and now_w.get("sha256") != want_w.get("sha256"):
+        raise UserError(f"{source}: weights file {cfg.weights!r} changed since export "
+                        f"(sha256 {want_w.get('sha256')} then, {now_w.get('sha256')} now)")
+    if want_w and want_w.get("source") != "file" and now_w != want_w:
+        raise UserError(f"{source}: backbone weights {cfg.weights!r} changed since export "
+                        f"({_brief(want_w)} then, {_brief(now_w)} now)")
+    want = exported.get("dataset")
+    if not want:
+        return
+    now = dataset_fingerprint(cfg)
+    what = f"{source}: dataset {cfg.dataset!r}"
+    if now["class_names"] != want.get("class_names"):
+        then, current = want.get("class_names") or [], now["class_names"]
+        gone, new = [c for c in then if c not in current], [c for c in current if c not in then]
+        detail = "; ".join(x for x in (gone and f"removed {', '.join(gone)}", new and f"added {', '.join(new)}")
+                           if x) or f"order changed: {', '.join(current)}"
+        raise UserError(f"{what}: class list changed since export ({detail})")
+    for part in PARTS:
+        if now["counts"][part] != want.get("counts", {}).get(part):
+            raise UserError(f"{what}: the {part} split has {now['counts'][part]} images, "
+                            f"{want.get('counts', {}).get(part)} at export")
+    for part in PARTS:
+        if now["sha256"][part] != want.get("sha256", {}).get(part):
+            raise UserError(f"{what}: images of the {part} split changed since export "
+                            f"(sha256 {want.get('sha256', {}).get(part)} then, {now['sha256'][part]} now)")
+
+
+def _brief(d: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in d.items())
+
+
+def library_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: int, url: str) -> dict:
+    """best.yaml as data: the trial's resolved config, all fixed, plus where it came from."""
+    cfg = TrialConfig.from_dict(trial.user_attrs["config"])
+    _check_trial_data(cfg, trial)
+    a = trial.user_attrs
+    validation = {k.removeprefix("val_"): a[k] for k in
+                  ("val_accuracy", "val_macro_precision", "val_macro_recall", "val_macro_f1", "val_per_class_f1")
+                  if k in a}
+    validation.update({k: a[k] for k in ("initial_val_accuracy", "train_accuracy", "params_total",
+                                         "params_trainable", "seconds_per_epoch", "seconds_total") if k in a})
+    return {
+        "study": {"name": study.study_name},
+        # every TrialConfig field, seed included: retraining replays exactly this trial
+        "params": cfg.to_dict(),
+        "exported": {
+            "study": study.study_name,
+            "storage": url,
+            "trial": trial.number,
+            "rank": rank,
+            "exported_at": datetime.datetime.now().isoformat(timespec="seconds"),
+            "validation": validation,
+            "versions": library_versions(),
+            "dataset": dataset_fingerprint(cfg),
+            "weights": weights_fingerprint(cfg),
+        },
+    }
+
+
+def _check_trial_data(cfg: TrialConfig, trial: optuna.trial.FrozenTrial) -> None:
+    """The dataset must still be the one the trial validated on: same classes, same validation counts."""
+    from search.data import load_images, split_indices
+
+    images, labels, classes = load_images(cfg.dataset, cfg.image_size)
+    stored = list((trial.user_attrs.get("val_per_class_f1") or {}).keys())
+    if stored and stored != list(classes):
+        raise UserError(f"dataset {cfg.dataset!r} no longer has trial {trial.number}'s classes "
+                        f"({', '.join(stored)}); it has {', '.join(classes)}")
+    matrix = trial.user_attrs.get("val_confusion_matrix")
+    val = split_indices(labels, cfg.split, cfg.split_seed)[1]
+    if matrix and [sum(row) for row in matrix] != np.bincount(labels[val], minlength=len(classes)).tolist():
+        raise UserError(f"dataset {cfg.dataset!r} changed since trial {trial.number}: its validation split "
+                        f"has other per-class counts than the trial's")
+
+
+def best_file(folder: Path, rank: int) -> Path:
+    return folder / ("best.yaml" if rank == 1 else f"best-{rank}.yaml")
+
+
+HEADER = """\
+# Exported by `python -m search export` from study {study!r}, trial {trial} (rank {rank}, validation accuracy
+# {value:.4f}). A space file with every param fixed: `make retrain CONFIG=<this file>` replays the trial
+# through the same load_space/sample/train path. `exported:` is metadata that retrain checks, not a setting.
+"""
+
+
+def export(name: str, storage: str | None = None, top: int = 1) -> list[Path]:
+    """Write best.yaml (best-2.yaml ... for --top K) and trials.csv into studies/<study>/."""
+    from search.space import parse_space, sample
+
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    study = load_study(name, storage)
+    ranked = ranked_trials(study)
+    if not ranked:
+        states = [t.state.name.lower() for t in study.trials]
+        summary = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
+        raise UserError(f"study {name!r} has no completed trial to export ({summary})")
+    url = study_url(name, storage)
+    documents = []
+    for rank, trial in enumerate(ranked[:top], start=1):
+        doc = config_document(study, trial, rank, url)
+        # guard against drift: the file must replay to exactly the trial's config
+        replayed = sample(optuna.trial.FixedTrial({}), parse_space(doc, f"best-{rank}"))
+        if replayed.to_dict() != trial.user_attrs["config"]:
+            raise AssertionError(f"exported config of trial {trial.number} does not replay to itself")
+        documents.append((rank, trial, doc))
+    folder = output_dir(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for rank, trial, doc in documents:
+        path = best_file(folder, rank)
+        text = HEADER.format(study=name, trial=trial.number, rank=rank, value=trial.value)
+        path.write_text(text + yaml.safe_dump(doc, sort_keys=False, width=110))
+        written.append(path)
+    csv = folder / "trials.csv"
+    trials_table(study).to_csv(csv, index=False)
+    written.append(csv)
+    return written
+
+
+# ----------------------------------------------------------------------------------------- trials.csv
+
+
+def trials_table(study: optuna.Study):
+    """One row per trial: number, state, value, times, params, then user attrs flattened.
+
+    Nested attrs become columns: config.<field> (the resolved config), val_f1.<class>; the per-epoch
+    curve becomes its length (epochs_run) and the confusion matrix a JSON string.
+    """
+    import pandas as pd
+
+    df = study.trials_dataframe(attrs=("number", "state", "value", "datetime_start", "datetime_complete",
+                                       "duration", "params", "user_attrs"))
+    if df.empty:
+        return df
+    if "duration" in df:
+        df["duration"] = df["duration"].dt.total_seconds()
+        df = df.rename(columns={"duration": "duration_s"})
+    df = df.rename(columns={c: c.removeprefix("user_attrs_") for c in df.columns})
+    extra = {}
+    if "curve" in df:
+        extra["epochs_run"] = df.pop("curve").map(lambda c: len(c) if isinstance(c, list) else 0)
+    if "val_confusion_matrix" in df:
+        df["val_confusion_matrix"] = df["val_confusion_matrix"].map(
+            lambda m: json.dumps(m) if isinstance(m, list) else "")
+    for column, prefix in (("val_per_class_f1", "val_f1."), ("config", "config.")):
+        if column in df:
+            nested = df.pop(column).map(lambda d: d if isinstance(d, dict) else {})
+            flat = pd.DataFrame(nested.tolist(), index=df.index).add_prefix(prefix)
+            extra.update({c: flat[c].map(_cell) for c in flat.columns})
+    return pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
+
+
+def _cell(v):
+    return json.dumps(v) if isinstance(v, (list, tuple, dict)) else v

@@ -1,0 +1,300 @@
+"""Retrain an exported config (best.yaml) into a saved model, and evaluate it once on the test split.
+
+The recipe is the trial's own: `load_space` + `sample(FixedTrial({}))` give the TrialConfig, `train`
+fits it on the train split with the validation split for phase 2's early stopping, exactly as in the
+study. So retraining with the exported seed reproduces the trial (up to CPU floating-point noise), and
+the test split, which no trial ever saw, is used once, for the final report. Training on train+val
+would need a fixed epoch count instead of early stopping and could not be checked against the trial.
+
+Each call writes a new folder studies/<study>/retrain/run-N/ (never an existing one):
+  config.yaml                  the exact file retrained
+  report.md, report.json       test metrics per seed and mean ± std, provenance
+  seed-S/model.keras           the model (loads with keras.models.load_model, safe mode, after
+                               `import search.backbones`, which registers the Preprocess layer)
+  seed-S/class_names.json      output index -> class name
+  seed-S/confusion_matrix.csv|png, seed-S/learning_curves.png
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import gc
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from search.config import TrialConfig, studies_dir
+from search.errors import UserError
+
+METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+
+
+def load_config(path: str | Path):
+    """(Space, TrialConfig) of a file whose params are all fixed, through the trials' own parser."""
+    import optuna
+
+    from search.space import load_space, sample
+
+    space = load_space(path)
+    sampled = [name for name, p in space.params.items() if not p.is_fixed]
+    if sampled:
+        raise UserError(f"{path}: params.{sampled[0]} is sampled; retrain needs a config with every param "
+                        f"fixed (`make export` writes one)")
+    return space, sample(optuna.trial.FixedTrial({}), space)
+
+
+def new_run_dir(parent: Path) -> Path:
+    """The next free run-N folder; mkdir without exist_ok, so two retrains never share one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    n = 1 + max((int(p.name[4:]) for p in parent.glob("run-*") if p.name[4:].isdigit()), default=0)
+    while True:
+        try:
+            (parent / f"run-{n}").mkdir()
+            return parent / f"run-{n}"
+        except FileExistsError:
+            n += 1
+
+
+def retrain(config_path: str | Path, seeds: int = 1) -> Path:
+    """Retrain the config with seeds seed, seed+1, ...; returns the run folder."""
+    from search.data import load_search_data, load_split
+    from search.export import check_fingerprints, library_versions
+
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if not Path(config_path).is_file():
+        raise UserError(f"config {str(config_path)!r} not found (`make export STUDY=<name>` writes one)")
+    space, cfg = load_config(config_path)
+    exported = space.exported
+    if exported:
+        check_fingerprints(cfg, exported, str(config_path))  # before anything is written
+        _warn_versions(exported.get("versions") or {}, library_versions())
+    else:
+        print(f"warning: {config_path} has no `exported:` section; dataset and weights are not checked",
+              flush=True)
+    data = load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
+    test = load_split(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed, "test")
+    study = exported.get("study") or space.study.name
+    run = new_run_dir(studies_dir() / study / "retrain")
+    shutil.copyfile(config_path, run / "config.yaml")
+    print(f"retraining {config_path} into {run}: train {len(data.train)} images, validation "
+          f"{len(data.val)} (early stopping), test {len(test)} (evaluated once)", flush=True)
+    records = []
+    try:
+        for i in range(seeds):
+            records.append(_one_seed(dataclasses.replace(cfg, seed=cfg.seed + i), data, test, run))
+            r = records[-1]
+            print(f"seed {r['seed']}: test accuracy {r['test']['accuracy']:.4f}, validation accuracy "
+                  f"{r['validation']['accuracy']:.4f}, {r['train_seconds']:.1f}s", flush=True)
+    except BaseException:
+        if not records:  # nothing worth keeping: leave no empty run folder behind
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    report = {
+        "study": study,
+        "trial": exported.get("trial"),
+        "source_config": str(config_path),
+        "created_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        "recipe": "train split, validation split for early stopping (as in the trial), test split once",
+        "trial_validation_accuracy": (exported.get("validation") or {}).get("accuracy"),
+        "config": cfg.to_dict(),
+        "class_names": list(data.class_names),
+        "counts": {"train": len(data.train), "val": len(data.val), "test": len(test)},
+        "versions": library_versions(),
+        "summary": summarize(records),
+        "seeds": records,
+    }
+    (run / "report.json").write_text(json.dumps(report, indent=1))
+    (run / "report.md").write_text(render_markdown(report, run.name))
+    return run
+
+
+def _warn_versions(then: dict, now: dict) -> None:
+    changed = [f"{k} {then[k]} -> {now.get(k, 'absent')}" for k in then if k != "python" and then[k] != now.get(k)]
+    if changed:
+        print(f"warning: library versions differ from the study's ({'; '.join(changed)}); "
+              f"results may not match the trial", flush=True)
+
+
+def _one_seed(cfg: TrialConfig, data, test, run: Path) -> dict:
+    import keras
+
+    from search.metrics import classification_metrics
+    from search.train import predict_labels, train
+
+    keras.backend.clear_session()
+    gc.collect()
+    names = list(data.class_names)
+    result = train(cfg, data.train, data.val, names)
+    folder = run / f"seed-{cfg.seed}"
+    folder.mkdir()
+    model_path = folder / "model.keras"
+    result.model.save(model_path)
+    (folder / "class_names.json").write_text(json.dumps(names))
+    # the reported test numbers are those of the file on disk, reloaded the way a user will load it
+    loaded = keras.models.load_model(model_path, safe_mode=True)
+    test_metrics = classification_metrics(test.labels, predict_labels(loaded, test, len(names), cfg.batch_size),
+                                          names)
+    write_confusion(test_metrics["confusion_matrix"], names, folder)
+    plot_curves(result.curve, cfg, folder / "learning_curves.png")
+    return {
+        "seed": cfg.seed,
+        "folder": folder.name,
+        "model": f"{folder.name}/model.keras",
+        "model_bytes": model_path.stat().st_size,
+        "params_total": result.params_total,
+        "params_trainable": result.params_trainable,
+        "train_seconds": round(result.seconds_total, 2),
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        "epochs_run": len(result.curve),
+        "validation": {k: result.metrics[k] for k in METRICS},
+        "test": test_metrics,
+        "curve": result.curve,
+    }
+
+
+def summarize(records: list[dict]) -> dict:
+    """Mean and sample standard deviation (ddof=1; 0 for a single seed) of each test metric."""
+    out = {}
+    for part in ("test", "validation"):
+        for key in METRICS:
+            values = np.array([r[part][key] for r in records])
+            out[f"{part}_{key}"] = {"mean": float(values.mean()),
+                                    "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+    return out
+
+
+# ------------------------------------------------------------------------------------------- artifacts
+
+
+def write_confusion(matrix: list[list[int]], names: list[str], folder: Path) -> None:
+    import pandas as pd
+
+    pd.DataFrame(matrix, index=pd.Index(names, name="true \\ predicted"), columns=names).to_csv(
+        folder / "confusion_matrix.csv")
+    plt = _pyplot()
+    cm = np.asarray(matrix)
+    fig, ax = plt.subplots(figsize=(2.2 + 0.7 * len(names), 1.8 + 0.6 * len(names)))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("test confusion matrix")
+    fig.tight_layout()
+    fig.savefig(folder / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+
+def plot_curves(curve: list[dict], cfg: TrialConfig, path: Path) -> None:
+    """Loss and accuracy per epoch, train and validation, with a line where fine-tuning starts."""
+    plt = _pyplot()
+    epochs = [r["epoch"] + 1 for r in curve]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [r.get(key) for r in curve], marker="o", label="train")
+        ax.plot(epochs, [r.get(f"val_{key}") for r in curve], marker="o", label="validation")
+        if 0 < cfg.warmup_epochs < len(curve):
+            ax.axvline(cfg.warmup_epochs + 0.5, color="grey", linestyle="--")
+            ax.text(cfg.warmup_epochs + 0.6, 0.95, f"phase 2: {cfg.freeze}", transform=ax.get_xaxis_transform(),
+                    color="grey", va="top")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.suptitle(f"{cfg.backbone}, seed {cfg.seed}: head warm-up, then fine-tuning")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a server
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def _pm(stat: dict) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def render_markdown(report: dict, run_name: str) -> str:
+    c, s, counts = report["config"], report["summary"], report["counts"]
+    unfreeze = {"top_layers": f" ({c['unfreeze_layers']} layers)",
+                "top_blocks": f" ({c['unfreeze_blocks']} blocks)"}.get(c["freeze"], "")
+    lines = [
+        f"# Retrained: study `{report['study']}`, trial {report['trial']} ({run_name})",
+        "",
+        f"- config: `config.yaml` (a copy of `{report['source_config']}`)",
+        f"- backbone: {c['backbone']} (weights {c['weights']}), {c['image_size']} px, "
+        f"freeze {c['freeze']}{unfreeze}, train_bn {c['train_bn']}",
+        f"- training: {c['warmup_epochs']} warm-up + up to {c['finetune_epochs']} fine-tuning epochs, "
+        f"{c['optimizer']} lr {c['learning_rate']:.3g}, dropout {c['dropout']:.3g}, batch {c['batch_size']}",
+        f"- data: `{c['dataset']}`, {len(report['class_names'])} classes; trained on train ({counts['train']}) "
+        f"with validation ({counts['val']}) for early stopping, as in the trial; evaluated once on test "
+        f"({counts['test']}), which the study never saw",
+        "",
+        f"## Test metrics ({len(report['seeds'])} seed{'s' if len(report['seeds']) > 1 else ''})",
+        "",
+        "| seed | test accuracy | macro precision | macro recall | macro F1 | val accuracy | epochs | "
+        "training s | model size |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["seeds"]:
+        t = r["test"]
+        lines.append(f"| {r['seed']} | {t['accuracy']:.4f} | {t['macro_precision']:.4f} | {t['macro_recall']:.4f} "
+                     f"| {t['macro_f1']:.4f} | {r['validation']['accuracy']:.4f} | {r['epochs_run']} "
+                     f"| {r['train_seconds']:.1f} | {r['model_bytes'] / 1e6:.2f} MB |")
+    if len(report["seeds"]) > 1:
+        lines.append(f"| mean ± std | {_pm(s['test_accuracy'])} | {_pm(s['test_macro_precision'])} "
+                     f"| {_pm(s['test_macro_recall'])} | {_pm(s['test_macro_f1'])} "
+                     f"| {_pm(s['validation_accuracy'])} | | | |")
+    lines.append("")
+    if report.get("trial_validation_accuracy") is not None:
+        first = report["seeds"][0]
+        lines += [f"Validation accuracy of trial {report['trial']} in the study: "
+                  f"{report['trial_validation_accuracy']:.4f}; retrained with its seed {first['seed']}: "
+                  f"{first['validation']['accuracy']:.4f}.", ""]
+    lines += ["Load a model (raw 0-255 RGB input, softmax output in the order of `class_names.json`):", "",
+              "```python", "import keras", "import search.backbones  # registers the Preprocess layer the model uses",
+              f"model = keras.models.load_model(\"{report['seeds'][0]['model']}\", safe_mode=True)", "```", ""]
+    for r in report["seeds"]:
+        lines += _seed_section(r, report["class_names"])
+    return "\n".join(lines) + "\n"
+
+
+def _seed_section(r: dict, names: list[str]) -> list[str]:
+    t = r["test"]
+    lines = [
+        f"## Seed {r['seed']}",
+        "",
+        f"Parameters {r['params_total']:,} ({r['params_trainable']:,} trainable in phase 2); model "
+        f"`{r['model']}` {r['model_bytes'] / 1e6:.2f} MB on disk (with the optimizer state); training {r['train_seconds']:.1f} s "
+        f"({r['seconds_per_epoch']:.2f} s/epoch, {r['epochs_run']} epochs).",
+        "",
+        "| class | precision | recall | F1 | support |",
+        "|---|---|---|---|---|",
+    ]
+    for name in names:
+        m = t["per_class"][name]
+        lines.append(f"| {name} | {m['precision']:.4f} | {m['recall']:.4f} | {m['f1']:.4f} | {m['support']} |")
+    lines.append(f"| **macro** | {t['macro_precision']:.4f} | {t['macro_recall']:.4f} | {t['macro_f1']:.4f} "
+                 f"| {sum(t['per_class'][n]['support'] for n in names)} |")
+    lines += ["", "Confusion matrix (rows: true class, columns: predicted):", "",
+              "| true \\ predicted | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for name, row in zip(names, t["confusion_matrix"]):
+        lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
+    lines += ["", f"![confusion matrix]({r['folder']}/confusion_matrix.png)",
+              f"![learning curves]({r['folder']}/learning_curves.png)", ""]
+    return lines
