@@ -2,7 +2,7 @@
 
 Served by optuna-dashboard's WSGI app (`optuna_dashboard.wsgi`) on a threaded wsgiref server, as its own
 CLI does, but on our storage object: the same SQLite settings as the study (WAL, long busy timeout,
-search.study._storage), so a dashboard open on a running study never makes its writes fail.
+search.storage.open_storage), so a dashboard open on a running study never makes its writes fail.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def _mkdir(path: Path) -> Path:
 
 def open_storage(study_name: str, storage_url: str) -> tuple[optuna.storages.BaseStorage, int]:
     """The storage and the study's id; a missing file or study is the user's error, and creates nothing."""
-    from search.study import _storage
+    from search.storage import open_storage as _storage  # no Keras import: the dashboard starts fast
 
     if storage_url.startswith("sqlite:///") and ":memory:" not in storage_url:
         path = Path(storage_url[len("sqlite:///"):])

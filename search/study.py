@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import sys
 import time
-from pathlib import Path
 
 import optuna
 from tqdm import tqdm
 
 from search.backbones import build_backbone, get_backbone
 from search.errors import TrialError, UserError
-from search.objective import Objective
-from search.space import Space
+from search.objective import Objective, StopAfterFailures
+from search.space import Space, backbone_variants
+from search.storage import Heartbeat
+from search.storage import open_storage as _storage  # noqa: F401 (its old name here; export.py and tests use it)
 
 SPACE_ATTR = "space"  # the space file as parsed, stored on the study so a resume can be checked
 
 
-def make_sampler(space: Space) -> optuna.samplers.BaseSampler:
+def make_sampler(space: Space, seed: int | None = None, parallel: bool = False) -> optuna.samplers.BaseSampler:
+    """seed: the study's unless given (each worker gets its own, or they would all propose the same
+    params). parallel: TPE's constant liar, so a worker avoids the points other workers are running."""
     options = dict(space.study.sampler)
     kind = options.pop("type", "tpe")
+    seed = space.study.seed if seed is None else seed
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=space.study.seed)
-    return optuna.samplers.TPESampler(seed=space.study.seed, **options)
+        return optuna.samplers.RandomSampler(seed=seed)
+    if parallel:
+        options.setdefault("constant_liar", True)
+    return optuna.samplers.TPESampler(seed=seed, **options)
 
 
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
@@ -46,45 +50,16 @@ def _values(space: Space, name: str) -> list:
     return space.params[name].values() if name in space.params else [DEFAULTS[name]]
 
 
-# A dashboard or another reader may poll the file while trials are written: WAL lets readers and the
-# writer proceed side by side, and a writer that still meets a lock waits this long instead of SQLite's 5 s.
-SQLITE_TIMEOUT_S = 60
+def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
+    """Create the study, or resume it if it exists and was made from the same space.
 
-
-def _storage(url: str):
-    engine_kwargs = None
-    if url.startswith("sqlite:///"):
-        path = Path(url[len("sqlite:///"):])
-        if str(path) != ":memory:":
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UserError(f"cannot create the study folder {str(path.parent)!r}: {exc.strerror}") from None
-            try:
-                _use_wal(path)
-            except sqlite3.Error as exc:
-                raise UserError(f"cannot open the SQLite study file {str(path)!r}: {exc}") from None
-            engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
-    try:
-        if "://" in url:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        return optuna.storages.get_storage(url)
-    except Exception as exc:
-        raise UserError(f"cannot open storage {url!r}: {' '.join(str(exc).split())[:200]}") from None
-
-
-def _use_wal(path: Path) -> None:
-    """Switch the file to write-ahead logging (persistent; a no-op when it already is)."""
-    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as con:
-        con.execute("PRAGMA journal_mode=WAL")
-
-
-def open_study(space: Space) -> optuna.Study:
-    """Create the study, or resume it if it exists and was made from the same space."""
-    storage = _storage(space.study.storage_url)
+    The default storage records heartbeats, so a trial of a killed process is failed and retried once
+    by the next run (search/storage.py)."""
+    if storage is None:
+        storage = _storage(space.study.storage_url, heartbeat=Heartbeat())
     study = optuna.create_study(
         study_name=space.study.name, storage=storage, load_if_exists=True, direction="maximize",
-        sampler=make_sampler(space), pruner=make_pruner(space),
+        sampler=sampler or make_sampler(space), pruner=make_pruner(space),
     )
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None:
@@ -108,11 +83,9 @@ def prepare(space: Space) -> None:
         load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
     import keras
 
-    for backbone in _values(space, "backbone"):
-        info = get_backbone(backbone)
-        for weights in _values(space, "weights"):
-            alpha = _values(space, "alpha")[0] if info.has_alpha else 1.0
-            build_backbone(info, min(_values(space, "image_size")), weights, alpha)  # fails fast, e.g. no file
+    for backbone, alpha in backbone_variants(space):
+        for weights in _values(space, "weights"):  # fails fast, e.g. no file, wrong architecture
+            build_backbone(get_backbone(backbone), min(_values(space, "image_size")), weights, alpha)
             keras.backend.clear_session()
 
 
@@ -168,7 +141,7 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     started = time.perf_counter()
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
     study.optimize(Objective(space, reporters), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
-                   callbacks=[Progress(n_trials)], gc_after_trial=True, show_progress_bar=sys.stderr.isatty())
+                   callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True, show_progress_bar=sys.stderr.isatty())
     summarize(study, time.perf_counter() - started)
     return study
 
