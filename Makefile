@@ -8,6 +8,9 @@ HOST   ?= 127.0.0.1
 PORT   ?= 8080
 # A machine whose nvidia-smi lists a GPU gets the CUDA build of TensorFlow; any other the CPU build.
 TF_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+# User-given values reach the shell only through the environment, quoted ("$$STUDY"), never pasted into
+# the command line: a study named `x; rm -rf ~` is just a strange name. $$ARGS is split on spaces only.
+export SPACE STUDY HOST PORT ARGS CONFIG DATA WEIGHTS BUDGET N STORAGE FROM TO
 
 .PHONY: study test dashboard install clean
 
@@ -21,15 +24,70 @@ install: $(BIN)/.installed
 
 ## make study [SPACE=spaces/x.yaml] [ARGS="--n-trials 5 --timeout 600 --name x --storage URL"]
 study: $(BIN)/.installed
-	$(BIN)/python -m search study --space $(SPACE) $(ARGS)
+	$(BIN)/python -m search study --space "$$SPACE" $$ARGS
 
 ## make test: the whole suite, CPU only, a few minutes
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q tests $(ARGS)
+	$(BIN)/python -m pytest -q tests $$ARGS
 
 ## make dashboard [STUDY=default] [HOST=127.0.0.1] [PORT=8080]: optuna-dashboard on the study, artifacts included
 dashboard: $(BIN)/.installed
-	$(BIN)/python -m search dashboard --study $(STUDY) --host $(HOST) --port $(PORT)
+	$(BIN)/python -m search dashboard --study "$$STUDY" --host "$$HOST" --port "$$PORT"
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
+
+# --- export the winner, retrain it, report (search/export.py, retrain.py, report.py) ---
+CONFIG ?= $(or $(TRANSFER_SEARCH_HOME),studies)/$(STUDY)/best.yaml
+.PHONY: export retrain report
+
+## make export STUDY=name [ARGS="--top 3 --storage URL"]: studies/<name>/best.yaml (+ best-2.yaml ...), trials.csv
+export: $(BIN)/.installed
+	$(BIN)/python -m search export --study "$$STUDY" $$ARGS
+
+## make retrain [CONFIG=studies/<name>/best.yaml | STUDY=name] [ARGS="--seeds 3"]: new studies/<name>/retrain/run-N/
+retrain: $(BIN)/.installed
+	$(BIN)/python -m search retrain --config "$$CONFIG" $$ARGS
+
+## make report STUDY=name [ARGS="--storage URL"]: studies/<name>/report.md and report.csv
+report: $(BIN)/.installed
+	$(BIN)/python -m search report --study "$$STUDY" $$ARGS
+
+# --- benchmark of the feature cache (search/bench.py) ---
+DATA    ?= builtin:shapes
+WEIGHTS ?= builtin
+.PHONY: bench
+
+## make bench [DATA=folder] [WEIGHTS=file.h5] [ARGS="--size 128 --epochs 10" | ARGS="--memory --trials 20"]
+##   plain vs feature-cached trials side by side (or memory per trial); tables in studies/bench/
+bench: $(BIN)/.installed
+	$(BIN)/python -m search bench --data "$$DATA" --weights "$$WEIGHTS" $$ARGS
+
+# --- several workers on one study (search/workers.py, search/storage.py) ---
+N       ?= 2
+STORAGE ?=
+.PHONY: workers worker copy-study
+# --name only when STUDY is given (else the space's study.name); --storage only when STORAGE is given
+STUDY_ARG   = $(if $(filter command line environment,$(origin STUDY)),--name "$$STUDY")
+STORAGE_ARG = $(if $(STORAGE),--storage "$$STORAGE")
+
+## make workers N=4 [STUDY=name] [SPACE=spaces/x.yaml] STORAGE=journal:///studies/x.log|postgresql://... [ARGS="--n-trials 40"]
+##   N worker processes, one study; the space's n_trials (or --n-trials) is the total for all of them
+workers: $(BIN)/.installed
+	$(BIN)/python -m search workers -n "$$N" --space "$$SPACE" $(STUDY_ARG) $(STORAGE_ARG) $$ARGS
+
+## make worker [SPACE=spaces/x.yaml] STORAGE=postgresql://... [ARGS="--n-trials 10 --worker-index 5"]
+##   one more worker on the study (another machine): takes queued trials until none is left
+worker: $(BIN)/.installed
+	$(BIN)/python -m search worker --space "$$SPACE" $(STUDY_ARG) $(STORAGE_ARG) $$ARGS
+
+## make copy-study FROM=sqlite:///studies/x.db TO=postgresql://user@host/db STUDY=x
+copy-study: $(BIN)/.installed
+	$(BIN)/python -m search copy-study --from "$$FROM" --to "$$TO" --study "$$STUDY" $$ARGS
+
+# --- the real-data proof (search/flowers_bench.py): about an hour on 2 CPU cores ---
+BUDGET ?= 2700
+.PHONY: bench-flowers
+## make bench-flowers DATA=../shared/data/flowers WEIGHTS=../shared/weights [BUDGET=2700] [ARGS="--seeds 3"]
+bench-flowers: $(BIN)/.installed
+	$(BIN)/python -m search bench-flowers --data "$$DATA" --weights "$$WEIGHTS" --budget "$$BUDGET" $$ARGS

@@ -60,6 +60,7 @@ class BackboneInfo:
     block_marks_end: bool = False  # True when the matching layer ends its block (InceptionV3's mixedN)
     has_alpha: bool = False  # accepts a width multiplier `alpha`
     alphas: tuple[float, ...] = ()  # alphas with published ImageNet weights
+    weights_glob: str = ""  # the official no-top file name, {alpha} filled in, * for the input size
 
 
 def _apps():
@@ -80,32 +81,38 @@ BACKBONES: dict[str, BackboneInfo] = {
         BackboneInfo(
             "mobilenet", lambda **kw: _apps().MobileNet(**kw), "tf",
             lambda x: _apps().mobilenet.preprocess_input(x), 32, 85, 13, r"^conv_(?:dw|pw)_(\d+)(?:_|$)",
-            has_alpha=True, alphas=(0.25, 0.5, 0.75, 1.0)),
+            has_alpha=True, alphas=(0.25, 0.5, 0.75, 1.0), weights_glob="mobilenet_{alpha_text}_*_tf_no_top.h5"),
         BackboneInfo(
             "mobilenet_v2", lambda **kw: _apps().MobileNetV2(**kw), "tf",
             lambda x: _apps().mobilenet_v2.preprocess_input(x), 32, 153, 17, r"^(expanded_conv|block_\d+)_",
-            has_alpha=True, alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
+            has_alpha=True, alphas=(0.35, 0.5, 0.75, 1.0, 1.3, 1.4),
+            weights_glob="mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_*_no_top.h5"),
         BackboneInfo(
             "mobilenet_v3_small", lambda **kw: _apps().MobileNetV3Small(**kw), "none",
             lambda x: _apps().mobilenet_v3.preprocess_input(x), 32, 156, 11, r"^(expanded_conv(?:_\d+)?)_",
-            has_alpha=True, alphas=(0.75, 1.0)),
+            has_alpha=True, alphas=(0.75, 1.0),
+            weights_glob="weights_mobilenet_v3_small_*_{alpha}_float_no_top_v2.h5"),
         BackboneInfo(
             "mobilenet_v3_large", lambda **kw: _apps().MobileNetV3Large(**kw), "none",
             lambda x: _apps().mobilenet_v3.preprocess_input(x), 32, 186, 15, r"^(expanded_conv(?:_\d+)?)_",
-            has_alpha=True, alphas=(0.75, 1.0)),
+            has_alpha=True, alphas=(0.75, 1.0),
+            weights_glob="weights_mobilenet_v3_large_*_{alpha}_float_no_top_v2.h5"),
         BackboneInfo(
             "efficientnet_b0", lambda **kw: _apps().EfficientNetB0(**kw), "none",
-            lambda x: _apps().efficientnet.preprocess_input(x), 32, 236, 16, r"^(block\d+[a-z])_"),
+            lambda x: _apps().efficientnet.preprocess_input(x), 32, 236, 16, r"^(block\d+[a-z])_",
+            weights_glob="efficientnetb0_notop.h5"),
         BackboneInfo(
             "efficientnet_v2_b0", lambda **kw: _apps().EfficientNetV2B0(**kw), "none",
-            lambda x: _apps().efficientnet_v2.preprocess_input(x), 32, 269, 21, r"^(block\d+[a-z])_"),
+            lambda x: _apps().efficientnet_v2.preprocess_input(x), 32, 269, 21, r"^(block\d+[a-z])_",
+            weights_glob="efficientnetv2-b0_notop.h5"),
         BackboneInfo(
             "resnet50", lambda **kw: _apps().ResNet50(**kw), "caffe",
-            lambda x: _apps().resnet50.preprocess_input(x), 32, 174, 16, r"^(conv\d_block\d+)_"),
+            lambda x: _apps().resnet50.preprocess_input(x), 32, 174, 16, r"^(conv\d_block\d+)_",
+            weights_glob="resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
         BackboneInfo(
             "inception_v3", lambda **kw: _apps().InceptionV3(**kw), "tf",
             lambda x: _apps().inception_v3.preprocess_input(x), 75, 310, 11, r"^(mixed\d+)$",
-            block_marks_end=True),
+            block_marks_end=True, weights_glob="inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
     ]
 }
 
@@ -147,7 +154,11 @@ def num_blocks(info: BackboneInfo, model: keras.Model) -> int:
 
 
 def build_backbone(info: BackboneInfo, image_size: int, weights: str, alpha: float = 1.0) -> keras.Model:
-    """Build the backbone without its top; `weights` is imagenet | none | builtin | a file path."""
+    """Build the backbone without its top.
+
+    `weights`: imagenet (Keras' download and cache) | none | builtin (tiny_cnn) | a weights file | a folder
+    of official Keras weight files, in which the file for this backbone and alpha is found by its name.
+    """
     kwargs = dict(include_top=False, input_shape=(image_size, image_size, 3))
     if info.has_alpha:
         kwargs["alpha"] = alpha
@@ -159,6 +170,8 @@ def build_backbone(info: BackboneInfo, image_size: int, weights: str, alpha: flo
         kwargs["weights"] = weights
     else:
         path = Path(weights).expanduser()
+        if path.is_dir():
+            path = weights_in_folder(info, alpha, path)
         if not path.is_file():
             raise UserError(f"weights file {weights!r} does not exist")
         kwargs["weights"] = str(path)
@@ -168,6 +181,18 @@ def build_backbone(info: BackboneInfo, image_size: int, weights: str, alpha: flo
         raise
     except Exception as exc:  # keras raises bare Exception/ValueError for both cases below
         raise UserError(_weights_error(info, weights, exc)) from exc
+
+
+def weights_in_folder(info: BackboneInfo, alpha: float, folder: Path) -> Path:
+    """The official no-top weights file of this backbone and alpha in `folder` (any input size: a no-top
+    file loads at every size, so the 224 px file serves 96 or 128 px inputs too)."""
+    alpha_text = {0.25: "2_5", 0.5: "5_0", 0.75: "7_5", 1.0: "1_0"}.get(alpha, str(alpha))  # MobileNet v1
+    pattern = info.weights_glob.format(alpha=alpha, alpha_text=alpha_text)
+    found = sorted(folder.glob(pattern), key=lambda p: ("_224_" not in p.name, p.name)) if pattern else []
+    if not found:
+        what = f"{info.name} alpha {alpha}" if info.has_alpha else info.name
+        raise UserError(f"no weights for {what} in folder {str(folder)!r} (expected {pattern or 'a file path'})")
+    return found[0]
 
 
 def _weights_error(info: BackboneInfo, weights: str, exc: Exception) -> str:

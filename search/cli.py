@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not errors
@@ -18,8 +19,18 @@ from search.errors import UserError  # noqa: E402
 # command name -> (module with add_arguments/run, help)
 COMMANDS = {
     "study": ("search.commands.study", "run (or resume) a study from a space file"),
+    "bench": ("search.commands.bench", "benchmark: plain vs feature-cached training, or memory per trial"),
     "dashboard": ("search.commands.dashboard", "optuna-dashboard on a study, with its per-trial artifacts"),
     "report-html": ("search.commands.report_html", "a standalone HTML report of a study's plots"),
+    "export": ("search.commands.export", "write a study's best config (best.yaml) and trials.csv"),
+    "retrain": ("search.commands.retrain", "retrain an exported config, test it once, write a report"),
+    "report": ("search.commands.report", "per backbone x freezing strategy table of a study"),
+    "workers": ("search.commands.workers", "N worker processes on one study, an exact total of trials"),
+    "worker": ("search.commands.worker", "one worker on a shared study (e.g. on another machine)"),
+    "recover": ("search.commands.recover", "fail dead workers' running trials and queue them again"),
+    "copy-study": ("search.commands.copy_study", "copy a study to another storage (SQLite to PostgreSQL)"),
+    "rank": ("search.commands.rank", "rank a space's backbones by LogME before any fine-tuning"),
+    "bench-flowers": ("search.commands.bench_flowers", "search + export + retrain + the seeds' baselines on real photos"),
 }
 
 
@@ -39,14 +50,24 @@ def quiet_tensorflow() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
+def _terminate(signum, frame):
+    """SIGTERM ends a run like Ctrl-C: Optuna marks the running trial failed, nothing is left RUNNING."""
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         quiet_tensorflow()
         return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as exc:  # a full disk, a read-only folder: the machine's state, not a bug of ours
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
         print("interrupted: finished trials are stored; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 143 if str(exc) == "SIGTERM" else 130

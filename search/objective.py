@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import traceback
 
 import keras
 import optuna
@@ -10,7 +11,7 @@ from optuna_integration import KerasPruningCallback
 
 from search.config import TrialConfig
 from search.data import load_search_data
-from search.errors import TrialError
+from search.errors import TrialError, UserError
 from search.space import Space, sample
 from search.train import TrainResult, train
 
@@ -51,6 +52,13 @@ class Objective:
         except TrialError as exc:
             trial.set_user_attr("ended", f"failed: {exc}")
             raise
+        except UserError:
+            raise  # the user's to fix (stops the study), not this trial's
+        except Exception as exc:  # a bug or an unforeseen library error: this trial fails, the study goes on
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            trial.set_user_attr("ended", f"failed: {reason}")
+            trial.set_user_attr("traceback", traceback.format_exc()[-4000:])
+            raise TrialError(reason) from exc
         finally:
             trial.set_user_attr("curve", [_round(r) for r in curve])
             for reporter in self.reporters:
@@ -86,3 +94,18 @@ def record_result(trial: optuna.Trial, result: TrainResult) -> None:
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
+
+
+class StopAfterFailures:
+    """Study callback: stop after `limit` failed trials in a row, which means a bug, not bad luck."""
+
+    def __init__(self, limit: int = 3):
+        self.limit, self.in_a_row = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = trial.state == optuna.trial.TrialState.FAIL
+        self.in_a_row = self.in_a_row + 1 if failed else 0
+        if self.in_a_row >= self.limit:
+            print(f"stopping: the last {self.limit} trials failed (last: {trial.user_attrs.get('ended', '?')})",
+                  flush=True)
+            study.stop()

@@ -6,6 +6,8 @@ A space has three sections (README: "Search spaces"):
              {choices: [...]}                       categorical
              {low: L, high: H, log: true, step: S}  int or float, by the field's type
   enqueue: optional list of parameter dicts to try first (baselines such as the seeds' recipes)
+  exported: optional metadata that `export` writes into best.yaml (trial, metrics, versions, dataset
+            fingerprint); kept in Space.exported for `retrain` to check, never used by sampling
 Conditional parameters are sampled only where they mean something (CONDITIONS below), so the
 dashboard never shows a momentum for Adam. Every mistake is found here, before any trial runs.
 """
@@ -32,6 +34,7 @@ CHOICES = {"backbone": tuple(BACKBONES), "optimizer": tuple(OPTIMIZERS), "freeze
 CONDITIONS = {
     "alpha": ("backbone", lambda v: BACKBONES[v].has_alpha),
     "unfreeze_layers": ("freeze", lambda v: v == "top_layers"),
+    "round_to_block": ("freeze", lambda v: v == "top_layers"),
     "unfreeze_blocks": ("freeze", lambda v: v == "top_blocks"),
     "train_bn": ("freeze", lambda v: v != "frozen"),
     "head_units": ("head_layers", lambda v: v > 0),
@@ -108,11 +111,18 @@ class Space:
         study = StudySettings(**{**self.study.__dict__, **settings})
         return Space(self.source, study, self.params, self.enqueue, self.raw)
 
+    @property
+    def exported(self) -> dict:
+        """The `exported:` section of a best.yaml (empty for a hand-written space)."""
+        return self.raw.get("exported") or {}
+
 
 # ----------------------------------------------------------------------------------------------- load
 
 
-def load_space(path: str | os.PathLike) -> Space:
+def load_space(path: str | os.PathLike, overrides: list[str] = ()) -> Space:
+    """Load and validate a space; `overrides` are "param=value" or "study.key=value" strings (the
+    command line's --set), applied to the file's text before validation, so they are checked alike."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"space file {str(path)!r} not found")
@@ -122,7 +132,26 @@ def load_space(path: str | os.PathLike) -> Space:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"{path}: invalid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if overrides and isinstance(raw, dict):
+        raw = _apply_overrides(raw, overrides)
     return parse_space(raw, str(path))
+
+
+def _apply_overrides(raw: dict, overrides) -> dict:
+    raw = {**raw, "params": dict(raw.get("params") or {}), "study": dict(raw.get("study") or {})}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. dataset=/data/flowers or study.n_trials=5")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        section, _, name = key.rpartition(".")
+        if section not in ("", "params", "study"):
+            raise UserError(f"--set {item!r}: key must be a param or study.<key>")
+        raw["study" if section == "study" else "params"][name] = value
+    return raw
 
 
 def parse_space(raw: Any, source: str = "<space>") -> Space:
@@ -131,9 +160,11 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
 
     if not isinstance(raw, dict):
         fail("(top)", "a space is a mapping with sections study, params, enqueue")
-    unknown = set(raw) - {"study", "params", "enqueue"}
+    unknown = set(raw) - {"study", "params", "enqueue", "exported"}
     if unknown:
-        fail(sorted(unknown)[0], "unknown section; valid: study, params, enqueue")
+        fail(sorted(unknown)[0], "unknown section; valid: study, params, enqueue, exported")
+    if not isinstance(raw.get("exported") or {}, dict):
+        fail("exported", "must be a mapping (written by `export`)")
     study = _parse_study(raw.get("study") or {}, fail)
     params_raw = raw.get("params") or {}
     if not isinstance(params_raw, dict):
@@ -185,6 +216,38 @@ def _type_name(t) -> str:
     return " or ".join(x.__name__ for x in t) if isinstance(t, tuple) else t.__name__
 
 
+def split_backbone(value: str) -> tuple[str, float | None]:
+    """'mobilenet_v2@0.35' -> ('mobilenet_v2', 0.35): a backbone choice may carry its own alpha, so one
+    study can compare MobileNetV2 0.35 with MobileNet 0.25 without sampling invalid pairs."""
+    name, _, alpha = value.partition("@")
+    return name, float(alpha) if alpha else None
+
+
+def _check_variant(value: str, fail) -> None:
+    name, _, alpha = value.partition("@")
+    if name not in BACKBONES or not BACKBONES[name].has_alpha:
+        valid = ", ".join(n for n, i in BACKBONES.items() if i.has_alpha)
+        fail("params.backbone", f"{value!r}: name@alpha needs a backbone with alpha; valid: {valid}")
+    try:
+        if float(alpha) <= 0:
+            raise ValueError
+    except ValueError:
+        fail("params.backbone", f"{value!r}: alpha must be a positive number")
+
+
+def backbone_variants(space: "Space") -> list[tuple[str, float]]:
+    """Every (backbone, alpha) a space can produce: for checks before the first trial."""
+    alphas = space.params["alpha"].values() if "alpha" in space.params else [DEFAULTS["alpha"]]
+    out = []
+    for value in (space.params["backbone"].values() if "backbone" in space.params else [DEFAULTS["backbone"]]):
+        name, alpha = split_backbone(value)
+        if alpha is not None:
+            out.append((name, alpha))
+        else:
+            out += [(name, a) for a in (alphas if BACKBONES[name].has_alpha else [1.0])]
+    return out
+
+
 def _check_value(name: str, value: Any, fail) -> Any:
     """Type-check one value of field `name`; ints are accepted where floats are expected."""
     expected = FIELD_TYPES[name]
@@ -200,7 +263,9 @@ def _check_value(name: str, value: Any, fail) -> Any:
         ok, value = True, float(value)
     if not ok:
         fail(f"params.{name}", f"expected {expected.__name__}, got {value!r}")
-    if name in CHOICES and value not in CHOICES[name]:
+    if name == "backbone" and isinstance(value, str) and "@" in value:
+        _check_variant(value, fail)
+    elif name in CHOICES and value not in CHOICES[name]:
         fail(f"params.{name}", f"unknown value {value!r}; valid: {', '.join(CHOICES[name])}")
     return value
 
@@ -243,7 +308,7 @@ def _parse_param(name: str, spec: Any, fail) -> Param:
 def _check_consistency(params: dict[str, Param], fail) -> None:
     """Cross-field checks that need the registries: sizes, unfreeze counts, value bounds."""
     get = lambda n: params[n].values() if n in params else [DEFAULTS[n]]  # noqa: E731
-    backbones = [BACKBONES[b] for b in get("backbone")]
+    backbones = [BACKBONES[split_backbone(b)[0]] for b in get("backbone")]
     for info in backbones:
         for size in get("image_size"):
             if size < info.min_size:
@@ -281,6 +346,7 @@ def sample(trial, space: Space) -> TrialConfig:
     before the params that depend on it. Works with optuna.trial.FixedTrial for replaying a config.
     """
     values = dict(DEFAULTS)
+    alpha_pinned = False
     for name in FIELD_TYPES:
         param = space.params.get(name)
         if param is None:
@@ -288,7 +354,13 @@ def sample(trial, space: Space) -> TrialConfig:
         condition = CONDITIONS.get(name)
         if condition and not condition[1](values[condition[0]]):
             continue  # not meaningful for this trial: keep the default, suggest nothing
+        if name == "alpha" and alpha_pinned:
+            continue  # this trial's backbone choice (name@alpha) carried its alpha
         values[name] = param.fixed if param.is_fixed else _suggest(trial, param)
+        if name == "backbone":
+            values["backbone"], alpha = split_backbone(values["backbone"])
+            if alpha is not None:
+                values["alpha"], alpha_pinned = alpha, True
     if "seed" not in space.params:
         values["seed"] = space.study.seed * 100_003 + trial.number  # distinct, reproducible per trial
     return TrialConfig.from_dict(values)

@@ -95,3 +95,17 @@ def test_wrong_weights_file_is_a_user_error(tmp_path):
     truncated.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(UserError, match="does not fit mobilenet_v2"):
         build_backbone(BACKBONES["mobilenet_v2"], 32, str(truncated), 0.35)
+
+
+def test_weights_folder_finds_the_official_file_by_name(tmp_path):
+    from search.backbones import weights_in_folder
+
+    for name in ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
+                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5",
+                 "mobilenet_2_5_224_tf_no_top.h5", "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"):
+        (tmp_path / name).write_bytes(b"")
+    assert weights_in_folder(BACKBONES["mobilenet_v2"], 0.5, tmp_path).name.endswith("_0.5_224_no_top.h5")
+    assert weights_in_folder(BACKBONES["mobilenet"], 0.25, tmp_path).name == "mobilenet_2_5_224_tf_no_top.h5"
+    assert weights_in_folder(BACKBONES["resnet50"], 1.0, tmp_path).name.startswith("resnet50_")
+    with pytest.raises(UserError, match="no weights for mobilenet_v2 alpha 0.75 in folder"):
+        weights_in_folder(BACKBONES["mobilenet_v2"], 0.75, tmp_path)

@@ -100,3 +100,34 @@ def test_fixed_trial_replays_a_config():
     cfg = sample(optuna.trial.FixedTrial(params), space)
     assert (cfg.freeze, cfg.unfreeze_blocks, cfg.optimizer, cfg.momentum) == ("top_blocks", 2, "sgd", 0.9)
     assert TrialConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_backbone_choice_can_carry_its_alpha():
+    raw = {"params": {"backbone": {"choices": ["mobilenet_v2@0.35", "mobilenet@0.25", "tiny_cnn"]},
+                      "image_size": 96, "weights": "none"}}
+    space = parse_space(raw)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(30):
+        trial = study.ask()
+        cfg = sample(trial, space)
+        study.tell(trial, 0.0)
+        seen.add((cfg.backbone, cfg.alpha))
+        assert "alpha" not in trial.params
+    assert seen == {("mobilenet_v2", 0.35), ("mobilenet", 0.25), ("tiny_cnn", 1.0)}
+    for bad, message in [("tiny_cnn@0.5", "name@alpha needs a backbone with alpha"),
+                         ("mobilenet_v2@big", "alpha must be a positive number")]:
+        with pytest.raises(UserError, match=message):
+            parse_space({"params": {"backbone": bad}})
+
+
+def test_command_line_overrides_are_validated_like_the_file(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(GOOD))
+    space = load_space(path, ["dataset=/data/flowers", "study.n_trials=7", "dropout={low: 0.1, high: 0.2}"])
+    assert space.fixed("dataset") == "/data/flowers" and space.study.n_trials == 7
+    assert (space.params["dropout"].low, space.params["dropout"].high) == (0.1, 0.2)
+    with pytest.raises(UserError, match="params.optimizer: unknown value 'adamx'"):
+        load_space(path, ["optimizer=adamx"])
+    with pytest.raises(UserError, match="expected key=value"):
+        load_space(path, ["dataset"])

@@ -13,6 +13,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL (default sqlite:///studies/<name>.db)")
     parser.add_argument("--n-trials", type=int, help="trials to add in this run (overrides study.n_trials)")
     parser.add_argument("--timeout", type=float, help="seconds budget for this run (overrides study.timeout)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a param or study.<key> of the space, e.g. --set dataset=/data/flowers "
+                             "--set 'image_size={choices: [96, 128]}' (validated like the file)")
 
 
 def run(args) -> int:
@@ -24,7 +27,7 @@ def run(args) -> int:
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
     if args.timeout is not None and args.timeout <= 0:
         raise UserError(f"--timeout must be positive seconds, got {args.timeout}")
-    space = load_space(args.space).with_study(name=args.name, storage=args.storage)
+    space = load_space(args.space, args.set).with_study(name=args.name, storage=args.storage)
     print(f"device: {configure_devices()}", flush=True)
     run_study(space, n_trials=args.n_trials, timeout=args.timeout)
     return 0

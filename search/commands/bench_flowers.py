@@ -1,0 +1,30 @@
+"""`python -m search bench-flowers`: search, export, retrain and baselines on real photos, one report."""
+
+from __future__ import annotations
+
+import datetime
+
+from search.errors import UserError
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--data", required=True, help="image folder with one sub-folder per class (tf_flowers)")
+    parser.add_argument("--weights", required=True, help="folder of official Keras no-top weight files, or imagenet")
+    parser.add_argument("--budget", type=float, default=2700, help="search seconds (default %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="retrain seeds per method (default %(default)s)")
+    parser.add_argument("--baseline-size", type=int, default=128, help="image size of the seeds' recipes")
+    parser.add_argument("--name", help="study name (default flowers-<date-time>, a new study each run)")
+
+
+def run(args) -> int:
+    from search.device import configure_devices
+    from search.flowers_bench import run as bench
+
+    if args.budget <= 0 or args.seeds < 1:
+        raise UserError("--budget must be positive and --seeds at least 1")
+    name = args.name or "flowers-" + datetime.datetime.now().strftime("%Y%m%d-%H%M")
+    print(f"device: {configure_devices()}", flush=True)
+    report = bench(args.data, args.weights, args.budget, args.seeds, name, args.baseline_size)
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0
