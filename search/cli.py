@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not errors
 
+from search import signals  # noqa: E402
 from search.errors import UserError  # noqa: E402
 
 # command name -> (module with add_arguments/run, help)
@@ -50,14 +50,9 @@ def quiet_tensorflow() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def _terminate(signum, frame):
-    """SIGTERM ends a run like Ctrl-C: Optuna marks the running trial failed, nothing is left RUNNING."""
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    signals.install()
     try:
         quiet_tensorflow()
         return importlib.import_module(COMMANDS[args.command][0]).run(args) or 0
@@ -68,6 +63,6 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
+    except KeyboardInterrupt:
         print("interrupted: finished trials are stored; run the same command again to resume", file=sys.stderr)
-        return 143 if str(exc) == "SIGTERM" else 130
+        return signals.exit_code()

@@ -9,6 +9,7 @@ import keras
 import optuna
 from optuna_integration import KerasPruningCallback
 
+from search import signals
 from search.config import TrialConfig
 from search.data import load_search_data
 from search.errors import TrialError, UserError
@@ -42,8 +43,9 @@ class Objective:
         # optuna-integration's callback works with Keras 3; it reports val_accuracy at step=epoch, and
         # phase 2 continues the epoch count, so both phases report distinct steps.
         pruning = KerasPruningCallback(trial, "val_accuracy")
+        callbacks = [pruning, StopOnSignal()]
         try:
-            result = train(cfg, data.train, data.val, data.class_names, callbacks=[pruning], curve=curve)
+            result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve)
             record_result(trial, result)
             return result.metrics["accuracy"]
         except optuna.TrialPruned:
@@ -94,6 +96,16 @@ def record_result(trial: optuna.Trial, result: TrainResult) -> None:
     }
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Re-raise a Ctrl-C or SIGTERM that Python swallowed in a finalizer (see search.signals)."""
+
+    def _check(self, *args, **kwargs):
+        if signals.requested:
+            raise KeyboardInterrupt(signals.requested)
+
+    on_train_batch_end = on_test_batch_end = on_epoch_end = _check
 
 
 class StopAfterFailures:

@@ -38,7 +38,9 @@ from search.errors import UserError
 
 # A dashboard or another reader may poll the file while trials are written: WAL lets readers and the
 # writer proceed side by side, and a writer that still meets a lock waits this long instead of SQLite's 5 s.
-SQLITE_TIMEOUT_S = float(os.environ.get("TRANSFER_SEARCH_SQLITE_TIMEOUT", "60"))  # seconds
+def sqlite_timeout() -> float:
+    """Seconds a writer waits for a lock (TRANSFER_SEARCH_SQLITE_TIMEOUT, default 60), read at each open."""
+    return float(os.environ.get("TRANSFER_SEARCH_SQLITE_TIMEOUT", "60"))
 HEARTBEAT_ATTR = "heartbeat"  # journal storage: trial system attr {host, pid, pid_started, start, time}
 HOST = socket.gethostname()
 
@@ -108,7 +110,7 @@ def _open_rdb(url: str, path: Path | None, heartbeat: Heartbeat | None) -> RDBSt
             _use_wal(path)
         except sqlite3.Error as exc:
             raise UserError(f"cannot open the SQLite study file {str(path)!r}: {exc}") from None
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
+        engine_kwargs = {"connect_args": {"timeout": sqlite_timeout()}}
     options = {}
     if heartbeat is not None:
         options = dict(heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace,
@@ -130,7 +132,7 @@ def _open_rdb(url: str, path: Path | None, heartbeat: Heartbeat | None) -> RDBSt
 
 def _use_wal(path: Path) -> None:
     """Switch the file to write-ahead logging (persistent; a no-op when it already is)."""
-    with contextlib.closing(sqlite3.connect(path, timeout=SQLITE_TIMEOUT_S)) as con:
+    with contextlib.closing(sqlite3.connect(path, timeout=sqlite_timeout())) as con:
         con.execute("PRAGMA journal_mode=WAL")
 
 

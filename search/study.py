@@ -12,7 +12,7 @@ from search.backbones import build_backbone, get_backbone
 from search.errors import TrialError, UserError
 from search.objective import Objective, StopAfterFailures
 from search.space import Space, backbone_variants
-from search.storage import Heartbeat
+from search.storage import Heartbeat, sqlite_timeout
 from search.storage import open_storage as _storage  # noqa: F401 (its old name here; export.py and tests use it)
 
 SPACE_ATTR = "space"  # the space file as parsed, stored on the study so a resume can be checked
@@ -50,6 +50,15 @@ def _values(space: Space, name: str) -> list:
     return space.params[name].values() if name in space.params else [DEFAULTS[name]]
 
 
+def _is_locked(exc: BaseException | None) -> bool:
+    """SQLite's "database is locked", possibly wrapped by SQLAlchemy and Optuna."""
+    while exc is not None:
+        if "database is locked" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
     """Create the study, or resume it if it exists and was made from the same space.
 
@@ -57,10 +66,16 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
     by the next run (search/storage.py)."""
     if storage is None:
         storage = _storage(space.study.storage_url, heartbeat=Heartbeat())
-    study = optuna.create_study(
-        study_name=space.study.name, storage=storage, load_if_exists=True, direction="maximize",
-        sampler=sampler or make_sampler(space), pruner=make_pruner(space),
-    )
+    try:
+        study = optuna.create_study(
+            study_name=space.study.name, storage=storage, load_if_exists=True, direction="maximize",
+            sampler=sampler or make_sampler(space), pruner=make_pruner(space),
+        )
+    except Exception as exc:
+        if not _is_locked(exc):
+            raise
+        raise UserError(f"study store {space.study.storage_url} is locked by another process "
+                        f"(waited {sqlite_timeout():.0f}s); try again when it is free") from None
     stored = study.user_attrs.get(SPACE_ATTR)
     if stored is None:
         study.set_user_attr(SPACE_ATTR, space.raw)

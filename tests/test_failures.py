@@ -417,5 +417,5 @@ def test_a_study_name_is_never_run_as_shell(tmp_path):
     proc = subprocess.run(["make", "-s", "export", f"STUDY=x; touch {marker}"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
-    assert "no study store" in proc.stderr and f"x; touch {marker}" in proc.stderr
+    assert f"x; touch {marker}" in proc.stderr  # the name arrives whole, as one argument
     assert not marker.exists()
