@@ -36,7 +36,8 @@ def baselines(data: str, weights: str, size: int) -> dict[str, dict]:
     }
 
 
-def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baseline_size: int) -> Path:
+def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baseline_size: int,
+        max_trials: int = 10_000) -> Path:
     from search.export import export
     from search.retrain import retrain
     from search.space import load_space
@@ -44,7 +45,7 @@ def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baselin
 
     started = time.perf_counter()
     space = load_space(SPACE, [f"dataset={data}", f"weights={weights}"]).with_study(name=name, timeout=budget_s)
-    study = run_study(space, n_trials=10_000, timeout=budget_s)
+    study = run_study(space, n_trials=max_trials, timeout=budget_s)
     search_s = time.perf_counter() - started
     best_yaml = export(name, top=1)[0]
     runs = {"search winner": retrain(best_yaml, seeds)}

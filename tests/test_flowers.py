@@ -44,3 +44,22 @@ params:
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert trial.value > 0.6, trial.user_attrs  # chance is 0.2 with 5 classes
     assert trial.user_attrs["initial_val_accuracy"] < trial.value
+
+
+def test_flowers_pipeline_in_miniature(tmp_path):
+    """`make bench-flowers` on 30 photos per class and 2 trials: search, export, retrain, both baselines."""
+    from search.flowers_bench import run
+
+    data = tmp_path / "flowers"
+    for folder in sorted(FLOWERS.iterdir()):
+        (data / folder.name).mkdir(parents=True)
+        for photo in sorted(folder.iterdir())[:30]:
+            (data / folder.name / photo.name).symlink_to(photo)
+    report = run(str(data), str(WEIGHTS.parent), budget_s=600, seeds=1, name="mini", baseline_size=96,
+                 max_trials=2)
+    text = report.read_text()
+    for row in ("| search winner |", "| seeds: frozen + Adam |", "| seeds: two-phase, top 56 layers |"):
+        assert row in text
+    assert "Trials: 2 completed" in text or "Trials: 1 completed, 1 pruned" in text
+    assert (report.parent / "best_so_far.png").stat().st_size > 1000
+    assert len(list((report.parent / "retrain").glob("run-*"))) == 3
