@@ -1,4 +1,4 @@
-"""`python -m search report`: per backbone x freezing strategy table of a study, Markdown and CSV."""
+"""`python -m search report`: per backbone x freezing strategy table (Markdown, CSV) and the HTML report."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from search.commands import report_html
     from search.report import write_report
 
     for path in write_report(args.study, args.storage):
         print(f"wrote {path}")
-    return 0
+    args.out = None  # and the standalone HTML report with Optuna's plots, beside the tables
+    return report_html.run(args)
