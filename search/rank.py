@@ -52,12 +52,11 @@ def rank_space(space) -> list[Ranked]:
     from search.logme import logme
     from search.model import build_model
     from search.space import backbone_variants
-    from search.study import _values
 
     base = TrialConfig.from_dict({**TrialConfig().to_dict(),
                                   **{k: p.fixed for k, p in space.params.items() if p.is_fixed}})
     rows = []
-    for size in _values(space, "image_size"):
+    for size in space.values("image_size"):
         data = load_search_data(base.dataset, size, base.split, base.split_seed)
         for backbone, alpha in backbone_variants(space):
             cfg = dataclasses.replace(base, backbone=backbone, alpha=alpha, image_size=size)

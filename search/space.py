@@ -105,6 +105,10 @@ class Space:
         p = self.params.get(name)
         return p.fixed if p is not None else getattr(TrialConfig(), name)
 
+    def values(self, name: str) -> list:
+        """Every value a param can take (a range as its two ends), or [its default] when not in the space."""
+        return self.params[name].values() if name in self.params else [DEFAULTS[name]]
+
     def with_study(self, **changes) -> "Space":
         """The same space with study settings overridden (command-line flags)."""
         settings = {k: v for k, v in changes.items() if v is not None}
@@ -237,9 +241,9 @@ def _check_variant(value: str, fail) -> None:
 
 def backbone_variants(space: "Space") -> list[tuple[str, float]]:
     """Every (backbone, alpha) a space can produce: for checks before the first trial."""
-    alphas = space.params["alpha"].values() if "alpha" in space.params else [DEFAULTS["alpha"]]
+    alphas = space.values("alpha")
     out = []
-    for value in (space.params["backbone"].values() if "backbone" in space.params else [DEFAULTS["backbone"]]):
+    for value in space.values("backbone"):
         name, alpha = split_backbone(value)
         if alpha is not None:
             out.append((name, alpha))

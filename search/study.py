@@ -39,15 +39,9 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
     if kind == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner(**options)
     if kind == "hyperband":
-        epochs = [w + f for w in _values(space, "warmup_epochs") for f in _values(space, "finetune_epochs")]
+        epochs = [w + f for w in space.values("warmup_epochs") for f in space.values("finetune_epochs")]
         return optuna.pruners.HyperbandPruner(max_resource=max(epochs), **options)
     return optuna.pruners.NopPruner()
-
-
-def _values(space: Space, name: str) -> list:
-    from search.config import DEFAULTS
-
-    return space.params[name].values() if name in space.params else [DEFAULTS[name]]
 
 
 def _is_locked(exc: BaseException | None) -> bool:
@@ -94,13 +88,13 @@ def prepare(space: Space) -> None:
     """Everything that can fail for the user's reasons, before the first trial: data, weights."""
     from search.data import load_search_data
 
-    for size in _values(space, "image_size"):
+    for size in space.values("image_size"):
         load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
     import keras
 
     for backbone, alpha in backbone_variants(space):
-        for weights in _values(space, "weights"):  # fails fast, e.g. no file, wrong architecture
-            build_backbone(get_backbone(backbone), min(_values(space, "image_size")), weights, alpha)
+        for weights in space.values("weights"):  # fails fast, e.g. no file, wrong architecture
+            build_backbone(get_backbone(backbone), min(space.values("image_size")), weights, alpha)
             keras.backend.clear_session()
 
 
