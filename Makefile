@@ -53,6 +53,15 @@ retrain: $(BIN)/.installed
 report: $(BIN)/.installed
 	$(BIN)/python -m search report --study "$$STUDY" $$ARGS
 
+# --- TensorFlow Lite (search/tflite.py) ---
+.PHONY: export-tflite
+
+## make export-tflite [CONFIG=studies/<name>/best.yaml | STUDY=name] [ARGS="--run run-2 --seed 4 --runs 200"]
+##   the retrained model as float32 and int8 .tflite, agreement with Keras on the test split, latency at batch 1;
+##   written to studies/<name>/retrain/run-N/seed-S/tflite/
+export-tflite: $(BIN)/.installed
+	$(BIN)/python -m search export-tflite --config "$$CONFIG" $$ARGS
+
 # --- benchmark of the feature cache (search/bench.py) ---
 DATA    ?= builtin:shapes
 WEIGHTS ?= builtin
