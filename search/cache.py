@@ -108,7 +108,7 @@ def plan_trial(cfg: TrialConfig, model: keras.Model, n_images: int) -> Plan:
 def _plan(cfg: TrialConfig, model: keras.Model, n_images: int) -> Plan:
     if settings().mode == "off":
         return Plan("images", "images", note="feature cache off")
-    if cfg.augment != "none":
+    if cfg.augment not in ("none", "mirror"):  # mirror images are fixed inputs: cacheable like the rest
         return Plan("images", "images", note=f"augment={cfg.augment}: random views every epoch, no cache")
     if not standard_layout(model):
         return Plan("images", "images", note="model is not image -> preprocess -> backbone -> pool -> head")

@@ -48,7 +48,8 @@ class TrialConfig:
     # --- everything else ---
     batch_size: int = 32
     label_smoothing: float = 0.0
-    augment: str = "none"  # none | light | strong (Keras preprocessing layers, train time only)
+    augment: str = "none"  # none | mirror (train split + its mirror images: cacheable) | light | strong
+    #                        (light, strong: Keras preprocessing layers, random each epoch: no feature cache)
     seed: int = 0  # seeds Python, NumPy and TensorFlow for this trial
 
     @property

@@ -12,6 +12,7 @@ so the test part is the same in every trial, in export and in retraining, and a 
 from __future__ import annotations
 
 import functools
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +158,25 @@ def load_search_data(spec: str, image_size: int, fractions: tuple, seed: int) ->
         val=load_split(spec, image_size, fractions, seed, "val"),
         class_names=classes,
     )
+
+
+_mirrored: dict[int, tuple[weakref.ref, Split]] = {}
+
+
+def with_mirrors(split: Split) -> Split:
+    """The split followed by its left-right mirror images (`augment: mirror`), built once per split object.
+
+    A fixed augmentation: unlike random layers, the frozen part's outputs for these images can be cached,
+    so a trial costs about twice a plain one instead of every epoch going through the whole backbone."""
+    entry = _mirrored.get(id(split.images))
+    if entry is not None and entry[0]() is split.images:
+        return entry[1]
+    doubled = Split(np.concatenate([split.images, split.images[:, :, ::-1]]),
+                    np.concatenate([split.labels, split.labels]))
+    key = id(split.images)
+    _mirrored.clear()  # one at a time: a doubled 224 px split is hundreds of MB
+    _mirrored[key] = (weakref.ref(split.images, lambda _, k=key: _mirrored.pop(k, None)), doubled)
+    return doubled
 
 
 def make_dataset(split: Split, num_classes: int, batch_size: int, shuffle: bool, seed: int = 0):

@@ -21,12 +21,13 @@ from search.config import TrialConfig
 from search.errors import UserError
 
 FREEZE_STRATEGIES = ("frozen", "top_layers", "top_blocks", "full")
-AUGMENTATIONS = ("none", "light", "strong")
+AUGMENTATIONS = ("none", "mirror", "light", "strong")
 
 
 def augmentation(kind: str, seed: int) -> list:
-    """Keras' own preprocessing layers (active only in training); keras-cv is not needed for these."""
-    if kind == "none":
+    """Keras' own preprocessing layers (active only in training); keras-cv is not needed for these.
+    `mirror` has no layer: it adds the mirror images to the training split (search.data.with_mirrors)."""
+    if kind in ("none", "mirror"):
         return []
     light = [layers.RandomFlip("horizontal", seed=seed), layers.RandomRotation(0.05, seed=seed)]
     if kind == "light":

@@ -25,7 +25,7 @@ import numpy as np
 
 from search import cache, cut
 from search.config import TrialConfig
-from search.data import Split, make_dataset
+from search.data import Split, make_dataset, with_mirrors
 from search.errors import TrialError
 from search.metrics import classification_metrics
 from search.model import apply_freezing, build_model, count_params
@@ -139,6 +139,8 @@ def train(
 ) -> TrainResult:
     """Train `cfg` on train_split, validating per epoch on eval_split; `callbacks` go to both phases."""
     keras.utils.set_random_seed(cfg.seed)
+    if cfg.augment == "mirror":
+        train_split = with_mirrors(train_split)
     n_classes = len(class_names)
     curve = [] if curve is None else curve
     steps = math.ceil(len(train_split) / cfg.batch_size)

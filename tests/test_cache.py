@@ -54,6 +54,7 @@ def assert_same_model(a, b, images):
     ({"freeze": "top_blocks"}, "cut"),
     ({"freeze": "top_blocks", "train_bn": True}, "cut"),  # BatchNorm above the cut trains, batch statistics
     ({"freeze": "frozen", "dropout": 0.3, "head_layers": 1, "head_batchnorm": True}, "features"),  # seeded dropout
+    ({"freeze": "top_blocks", "augment": "mirror"}, "cut"),  # mirror images are fixed inputs: cached too
 ])
 def test_cached_training_ends_with_the_same_weights_and_predictions(data, changes, phase2):
     cfg = dataclasses.replace(BASE, **changes)
@@ -191,6 +192,18 @@ def test_augmentation_turns_the_cache_off_for_the_whole_trial():
         cfg = TrialConfig(augment=augment, freeze="top_blocks", unfreeze_blocks=1)
         plan = cache.plan_trial(cfg, build_model(cfg, 5), 100)
         assert (plan.phase1, plan.phase2) == ("images", "images") and "augment" in plan.note
+
+
+def test_mirror_adds_each_training_image_flipped_left_right_once(data):
+    from search.data import with_mirrors
+
+    doubled = with_mirrors(data.train)
+    n = len(data.train)
+    assert len(doubled) == 2 * n and with_mirrors(data.train) is doubled  # built once per split
+    np.testing.assert_array_equal(doubled.images[:n], data.train.images)
+    np.testing.assert_array_equal(doubled.images[n:], data.train.images[:, :, ::-1])
+    np.testing.assert_array_equal(doubled.labels, np.concatenate([data.train.labels, data.train.labels]))
+    assert not np.array_equal(doubled.images[n:], data.train.images)  # the shapes are not all symmetric
 
 
 def test_round_to_block_moves_a_layer_wise_cut_to_a_block_start():
