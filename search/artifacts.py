@@ -177,8 +177,10 @@ def study_note(space, data) -> str:
     lines = [
         f"## Study `{s.name}`", "",
         f"Space file `{space.source}`; sampler `{_kv(s.sampler)}`, pruner `{_kv(s.pruner)}`, seed {s.seed}. "
-        "Objective: validation accuracy (maximised). Every trial's learning curve, confusion matrix and "
-        "per-class metrics are under its Artifacts.", "",
+        + ("Objective: validation accuracy (maximised). " if not s.cost else
+           f"Objectives: validation accuracy (maximised) and `{s.cost}` (minimised; search/cost.py): see the "
+           "Pareto-front plot. ")
+        + "Every trial's learning curve, confusion matrix and per-class metrics are under its Artifacts.", "",
         "### Data", "",
         f"- dataset: `{space.fixed('dataset')}`",
         f"- split train/val/test {'/'.join(f'{x:g}' for x in split)} (seed {space.fixed('split_seed')}): "
@@ -216,6 +218,8 @@ def save_study_note(study: optuna.Study, space) -> None:
     # split sizes do not depend on the image size; any size the space allows is already decoded by prepare()
     size = space.params["image_size"].values()[0] if "image_size" in space.params else space.fixed("image_size")
     data = load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
-    body = study_note(space, data)
+    from search.prerank import note_section
+
+    body = study_note(space, data) + note_section(study)  # + the LogME ranking, when study.rank made one
     if get_note(study) != body:
         save_note(study, body)

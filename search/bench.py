@@ -165,12 +165,12 @@ def memory_bench(space_path: str, n_trials: int) -> list[dict]:
     from search.errors import TrialError
     from search.objective import Objective
     from search.space import load_space
-    from search.study import make_pruner, make_sampler, prepare
+    from search.study import directions, make_pruner, make_sampler, prepare
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(space_path)
     prepare(space)  # decode the data, build the backbone once: start-up memory is not trial memory
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(space), pruner=make_pruner(space))
+    study = optuna.create_study(directions=directions(space), sampler=make_sampler(space), pruner=make_pruner(space))
     for params in space.enqueue:
         study.enqueue_trial(params)
     rows: list[dict] = []

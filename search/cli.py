@@ -24,12 +24,14 @@ COMMANDS = {
     "report-html": ("search.commands.report_html", "a standalone HTML report of a study's plots"),
     "export": ("search.commands.export", "write a study's best config (best.yaml) and trials.csv"),
     "retrain": ("search.commands.retrain", "retrain an exported config, test it once, write a report"),
+    "export-tflite": ("search.commands.export_tflite", "a retrained model as float and int8 TFLite, checked and timed"),
     "report": ("search.commands.report", "per backbone x freezing strategy table of a study"),
     "workers": ("search.commands.workers", "N worker processes on one study, an exact total of trials"),
     "worker": ("search.commands.worker", "one worker on a shared study (e.g. on another machine)"),
     "recover": ("search.commands.recover", "fail dead workers' running trials and queue them again"),
     "copy-study": ("search.commands.copy_study", "copy a study to another storage (SQLite to PostgreSQL)"),
     "rank": ("search.commands.rank", "rank a space's backbones by LogME before any fine-tuning"),
+    "rank-check": ("search.commands.rank_check", "how well a study's LogME ranking agreed with its accuracies (Kendall's tau)"),
     "bench-flowers": ("search.commands.bench_flowers", "search + export + retrain + the seeds' baselines on real photos"),
 }
 

@@ -56,10 +56,12 @@ def load_study(name: str, storage: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=store)
 
 
-def ranked_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Completed trials, best first (ties: the earlier trial)."""
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and "config" in t.user_attrs]
-    return sorted(done, key=lambda t: (-t.value, t.number))
+def ranked_trials(study: optuna.Study, rule: str = "best") -> list[optuna.trial.FrozenTrial]:
+    """Completed trials in the order `rule` prefers them (search/pareto.py); `best`: the most accurate first
+    (ties: the lower cost in a multi-objective study, then the earlier trial)."""
+    from search.pareto import pick
+
+    return pick(study, rule)
 
 
 # --------------------------------------------------------------------------------------- fingerprints
@@ -166,8 +168,11 @@ def library_versions() -> dict:
 # --------------------------------------------------------------------------------------------- export
 
 
-def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: int, url: str) -> dict:
+def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: int, url: str,
+                    rule: str = "best") -> dict:
     """best.yaml as data: the trial's resolved config, all fixed, plus where it came from."""
+    from search.pareto import cost, cost_name
+
     cfg = TrialConfig.from_dict(trial.user_attrs["config"])
     _check_trial_data(cfg, trial)
     a = trial.user_attrs
@@ -185,6 +190,8 @@ def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: 
             "storage": url,
             "trial": trial.number,
             "rank": rank,
+            "pick": rule,  # the --pick rule that chose it (search/pareto.py)
+            **({"cost": {cost_name(study): cost(trial)}} if cost(trial) is not None else {}),
             "exported_at": datetime.datetime.now().isoformat(timespec="seconds"),
             "validation": validation,
             "versions": library_versions(),
@@ -218,17 +225,20 @@ HEADER = """\
 # Exported by `python -m search export` from study {study!r}, trial {trial} (rank {rank}, validation accuracy
 # {value:.4f}). A space file with every param fixed: `make retrain CONFIG=<this file>` replays the trial
 # through the same load_space/sample/train path. `exported:` is metadata that retrain checks, not a setting.
-"""
+{extra}"""
 
 
-def export(name: str, storage: str | None = None, top: int = 1) -> list[Path]:
-    """Write best.yaml (best-2.yaml ... for --top K) and trials.csv into studies/<study>/."""
+def export(name: str, storage: str | None = None, top: int = 1, pick: str = "best") -> list[Path]:
+    """Write best.yaml (best-2.yaml ... for --top K) and trials.csv into studies/<study>/; `pick` is the
+    rule that orders the trials (search/pareto.py: best, cheapest-within:D)."""
+    from search.pareto import accuracy, cost, cost_name, format_cost, parse_rule
     from search.space import parse_space, sample
 
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
+    parse_rule(pick)  # a bad rule fails before the store is opened
     study = load_study(name, storage)
-    ranked = ranked_trials(study)
+    ranked = ranked_trials(study, pick)
     if not ranked:
         states = [t.state.name.lower() for t in study.trials]
         summary = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
@@ -236,7 +246,7 @@ def export(name: str, storage: str | None = None, top: int = 1) -> list[Path]:
     url = study_url(name, storage)
     documents = []
     for rank, trial in enumerate(ranked[:top], start=1):
-        doc = config_document(study, trial, rank, url)
+        doc = config_document(study, trial, rank, url, pick)
         # guard against drift: the file must replay to exactly the trial's config
         replayed = sample(optuna.trial.FixedTrial({}), parse_space(doc, f"best-{rank}"))
         if replayed.to_dict() != trial.user_attrs["config"]:
@@ -247,7 +257,9 @@ def export(name: str, storage: str | None = None, top: int = 1) -> list[Path]:
     written = []
     for rank, trial, doc in documents:
         path = best_file(folder, rank)
-        text = HEADER.format(study=name, trial=trial.number, rank=rank, value=trial.value)
+        extra = "" if cost(trial) is None else \
+            f"# Picked by --pick {pick}; {cost_name(study)} {format_cost(cost_name(study), cost(trial))}.\n"
+        text = HEADER.format(study=name, trial=trial.number, rank=rank, value=accuracy(trial), extra=extra)
         path.write_text(text + yaml.safe_dump(doc, sort_keys=False, width=110))
         written.append(path)
     csv = folder / "trials.csv"

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from optuna.trial import TrialState
 
 from search.errors import UserError
+from search.pareto import accuracy, cost, cost_name, format_cost, is_multi
 
 
 class Skip(Exception):
@@ -27,13 +28,21 @@ def _completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t in study.trials if t.state == TrialState.COMPLETE]
 
 
+def _target(study):
+    """What Optuna's plots show: the value itself (None), or accuracy, values[0], of a multi-objective study."""
+    return accuracy if is_multi(study) else None
+
+
 def history_figure(study):
     if not _completed(study):
         raise Skip("no completed trial yet")
-    return optuna.visualization.plot_optimization_history(study, target_name="val_accuracy")
+    return optuna.visualization.plot_optimization_history(study, target=_target(study), target_name="val_accuracy")
 
 
 def intermediate_figure(study):
+    if is_multi(study):
+        raise Skip("Optuna takes no per-epoch values from a multi-objective study; each trial's learning curve "
+                   "is among its artifacts")
     if not any(t.intermediate_values for t in study.trials):
         raise Skip("no trial reported an epoch yet")
     return optuna.visualization.plot_intermediate_values(study)
@@ -45,13 +54,13 @@ def importance_figure(study):
                if len({repr(t.params.get(p)) for t in done}) > 1]
     if len(done) < 2 or not varying:
         raise Skip(f"needs at least 2 completed trials whose parameters differ ({len(done)} completed)")
-    return optuna.visualization.plot_param_importances(study, target_name="val_accuracy")
+    return optuna.visualization.plot_param_importances(study, target=_target(study), target_name="val_accuracy")
 
 
 def parallel_figure(study):
     if not _completed(study) or not any(t.params for t in _completed(study)):
         raise Skip("no completed trial with sampled parameters")
-    return optuna.visualization.plot_parallel_coordinate(study, target_name="val_accuracy")
+    return optuna.visualization.plot_parallel_coordinate(study, target=_target(study), target_name="val_accuracy")
 
 
 def lr_depth_figure(study):
@@ -64,17 +73,17 @@ def lr_depth_figure(study):
         by_freeze.setdefault(t.user_attrs["config"]["freeze"], []).append(t)
     fig = go.Figure()
     symbols = ["circle", "square", "diamond", "triangle-up", "x"]
-    values = [t.value for t in rows]
+    values = [accuracy(t) for t in rows]
     for i, (freeze, trials) in enumerate(sorted(by_freeze.items())):
         cfgs = [t.user_attrs["config"] for t in trials]
         fig.add_trace(go.Scatter(
             x=[c["learning_rate"] for c in cfgs],
             y=[100 * t.user_attrs["params_trainable"] / t.user_attrs["params_total"] for t in trials],
             mode="markers", name=f"freeze={freeze}",
-            marker=dict(size=12, symbol=symbols[i % len(symbols)], color=[t.value for t in trials],
+            marker=dict(size=12, symbol=symbols[i % len(symbols)], color=[accuracy(t) for t in trials],
                         cmin=min(values), cmax=max(values), colorscale="Viridis", showscale=i == 0,
                         colorbar=dict(title="val_accuracy"), line=dict(width=1, color="black")),
-            text=[f"trial {t.number}<br>{_depth(c)}<br>val_accuracy {t.value:.4f}" for t, c in zip(trials, cfgs)],
+            text=[f"trial {t.number}<br>{_depth(c)}<br>val_accuracy {accuracy(t):.4f}" for t, c in zip(trials, cfgs)],
             hovertemplate="%{text}<br>learning rate %{x:.2e}<br>trainable %{y:.1f}%<extra></extra>",
         ))
     fig.update_layout(title="Learning rate × unfrozen depth", xaxis_title="fine-tuning learning rate",
@@ -106,13 +115,23 @@ def backbone_figure(study):
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
         failed = sum(t.state == TrialState.FAIL for t in trials)
         fig.add_trace(go.Box(
-            y=[t.value for t in done], name=f"{name}<br>{len(done)} done, {pruned} pruned, {failed} failed",
+            y=[accuracy(t) for t in done], name=f"{name}<br>{len(done)} done, {pruned} pruned, {failed} failed",
             boxpoints="all", jitter=0.3, pointpos=0, text=[f"trial {t.number}" for t in done],
             hovertemplate="%{text}: %{y:.4f}<extra></extra>"))
     fig.update_layout(title="Per-backbone comparison (completed trials)", yaxis_title="val_accuracy",
                       showlegend=False)
     return fig
 
+
+def pareto_figure(study):
+    if not _completed(study):
+        raise Skip("no completed trial yet")
+    return optuna.visualization.plot_pareto_front(study, target_names=["val_accuracy", cost_name(study)])
+
+
+PARETO = ("Pareto front", "Validation accuracy against the cost each completed trial's model has; the front "
+          "(no other trial is both more accurate and cheaper) is highlighted. `export --pick` chooses from it.",
+          pareto_figure)
 
 SECTIONS = (
     ("Optimisation history", "Validation accuracy per trial and the best so far.", history_figure),
@@ -130,7 +149,7 @@ def write_html_report(study: optuna.Study, path) -> Path:
     """Write the report of `study` to `path` (folders created) and return the path."""
     path = Path(path)
     parts, first = [], True
-    for title, caption, make in SECTIONS:
+    for title, caption, make in (PARETO, *SECTIONS) if is_multi(study) else SECTIONS:
         parts.append(f"<h2>{html.escape(title)}</h2><p class='caption'>{html.escape(caption)}</p>")
         try:
             fig = make(study)
@@ -157,14 +176,20 @@ def write_html_report(study: optuna.Study, path) -> Path:
 def _summary(study: optuna.Study) -> str:
     states = [t.state.name.lower() for t in study.trials]
     counts = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
-    rows = sorted(_completed(study), key=lambda t: -t.value)[:10]
+    rows = sorted(_completed(study), key=lambda t: -accuracy(t))[:10]
+    name = cost_name(study)  # None: one objective, no cost column
     table = "".join(
-        f"<tr><td>{t.number}</td><td>{t.value:.4f}</td><td>{html.escape(_params(t))}</td>"
+        f"<tr><td>{t.number}</td><td>{accuracy(t):.4f}</td>"
+        + (f"<td>{format_cost(name, cost(t))}</td>" if name else "")
+        + f"<td>{html.escape(_params(t))}</td>"
         f"<td>{t.user_attrs.get('seconds_total', float('nan')):.1f}</td></tr>" for t in rows)
     generated = datetime.datetime.now().isoformat(timespec="seconds")
-    return (f"<p>{len(states)} trials: {counts}. Objective: validation accuracy (maximised). "
+    objective = (f"Objectives: validation accuracy (maximised) and {name} (minimised)" if name
+                 else "Objective: validation accuracy (maximised)")
+    return (f"<p>{len(states)} trials: {counts}. {objective}. "
             f"Generated {generated}.</p>"
-            + (f"<h2>Best trials</h2><table><tr><th>trial</th><th>val_accuracy</th><th>parameters</th>"
+            + (f"<h2>Best trials</h2><table><tr><th>trial</th><th>val_accuracy</th>"
+               + (f"<th>{html.escape(name)}</th>" if name else "") + "<th>parameters</th>"
                f"<th>seconds</th></tr>{table}</table>" if rows else ""))
 
 

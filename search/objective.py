@@ -11,6 +11,7 @@ from optuna_integration import KerasPruningCallback
 
 from search import signals
 from search.config import TrialConfig
+from search.cost import architecture, measure
 from search.data import load_search_data
 from search.errors import TrialError, UserError
 from search.space import Space, sample
@@ -34,22 +35,25 @@ class Objective:
         self.space = space
         self.reporters = list(reporters)
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg = sample(trial, self.space)
         trial.set_user_attr("config", cfg.to_dict())
         data = search_data_for(cfg)
         curve: list[dict] = []
         result = None
-        # optuna-integration's callback works with Keras 3; it reports val_accuracy at step=epoch, and
-        # phase 2 continues the epoch count, so both phases report distinct steps.
-        pruning = KerasPruningCallback(trial, "val_accuracy")
-        callbacks = [pruning, StopOnSignal()]
+        callbacks = [c for c in (self._pruning(trial), StopOnSignal()) if c is not None]
         try:
             result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve)
             record_result(trial, result)
-            return result.metrics["accuracy"]
-        except optuna.TrialPruned:
-            trial.set_user_attr("ended", f"pruned after epoch {curve[-1]['epoch'] if curve else 0}")
+            cost_name = self.space.study.cost
+            if cost_name is None:
+                return result.metrics["accuracy"]
+            spent = self._cost(trial, cost_name, result.model, cfg.image_size)
+            trial.set_user_attr(cost_name, spent)
+            return result.metrics["accuracy"], spent
+        except optuna.TrialPruned as exc:
+            why = f": {exc}" if isinstance(exc, BelowFloor) else ""
+            trial.set_user_attr("ended", f"pruned after epoch {curve[-1]['epoch'] if curve else 0}{why}")
             raise
         except TrialError as exc:
             trial.set_user_attr("ended", f"failed: {exc}")
@@ -70,6 +74,51 @@ class Objective:
                     trial.set_user_attr("reporter_error", f"{type(exc).__name__}: {exc}"[:300])
             keras.backend.clear_session()  # without these two, memory grows trial after trial
             gc.collect()
+
+    @staticmethod
+    def _cost(trial: optuna.Trial, name: str, model, image_size: int) -> float:
+        """The cost of the full image -> softmax model; a latency already measured in this study for the same
+        architecture is reused (search/cost.py says why)."""
+        if name != "latency_ms":
+            return measure(name, model, image_size)  # exact: nothing to reuse
+        key = architecture(model)
+        trial.set_user_attr("architecture", key)
+        for done in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            if done.user_attrs.get("architecture") == key and "latency_ms" in done.user_attrs:
+                return done.user_attrs["latency_ms"]
+        return measure(name, model, image_size)
+
+    def _pruning(self, trial: optuna.Trial):
+        if self.space.study.cost is None:
+            # optuna-integration's callback works with Keras 3; it reports val_accuracy at step=epoch, and
+            # phase 2 continues the epoch count, so both phases report distinct steps.
+            return KerasPruningCallback(trial, "val_accuracy")
+        # Multi-objective: Optuna's trial.report/should_prune raise NotImplementedError, so no Optuna pruner;
+        # the threshold rule, if the space asks for it, is applied here. Phase 2's early stopping still cuts
+        # every trial short once validation accuracy stops improving.
+        pruner = self.space.study.pruner
+        if pruner["type"] == "threshold":
+            return AccuracyFloor(pruner["lower"], pruner.get("n_warmup_steps", 0))
+        return None
+
+
+class BelowFloor(optuna.TrialPruned):
+    """Pruned by AccuracyFloor (its message says at what accuracy)."""
+
+
+class AccuracyFloor(keras.callbacks.Callback):
+    """Optuna's ThresholdPruner rule for a study Optuna cannot prune: from epoch `n_warmup_steps` on (both
+    phases counted), a trial whose validation accuracy is below `lower` (or NaN) is pruned. In a Pareto study
+    this also keeps a cheap model that learned nothing off the front: only completed trials can be on it."""
+
+    def __init__(self, lower: float, n_warmup_steps: int = 0):
+        super().__init__()
+        self.lower, self.n_warmup_steps = lower, n_warmup_steps
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = float((logs or {}).get("val_accuracy", float("nan")))
+        if epoch >= self.n_warmup_steps and not accuracy >= self.lower:
+            raise BelowFloor(f"val_accuracy {accuracy:.4f} below the floor {self.lower:g}")
 
 
 def _round(record: dict) -> dict:

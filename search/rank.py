@@ -40,6 +40,7 @@ def features_of(cfg: TrialConfig, images: np.ndarray) -> np.ndarray:
     from search import cache
     from search.model import build_model
 
+    keras.utils.set_random_seed(cfg.seed)  # a backbone with weights none scores the same every run
     model = build_model(dataclasses.replace(cfg, freeze="frozen", augment="none"), num_classes=2)
     plan = cache.Plan("features", "features")
     pooled = cache.frozen_outputs(model, plan, [images], cfg.batch_size)[0]["pool"]

@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 
 from search.export import load_study, output_dir, study_url
+from search.pareto import accuracy, cost, cost_name, format_cost, front
 
 COLUMNS = ("backbone", "freeze", "completed", "pruned", "failed", "best_val_accuracy", "best_trial",
            "retrained_test_accuracy", "retrained_test_std", "retrained_models", "params_total",
@@ -44,7 +45,7 @@ def comparison(study: optuna.Study, runs: list[dict]) -> list[dict]:
     rows = []
     for (backbone, freeze), trials in groups.items():
         done = [t for t in trials if t.state == State.COMPLETE]
-        best = max(done, key=lambda t: (t.value, -t.number)) if done else None
+        best = max(done, key=lambda t: (accuracy(t), -t.number)) if done else None
         seeds = [s for r in runs if (r["config"]["backbone"], r["config"]["freeze"]) == (backbone, freeze)
                  for s in r["seeds"]]
         tests = [s["test"]["accuracy"] for s in seeds]
@@ -55,7 +56,7 @@ def comparison(study: optuna.Study, runs: list[dict]) -> list[dict]:
             "completed": len(done),
             "pruned": sum(t.state == State.PRUNED for t in trials),
             "failed": sum(t.state == State.FAIL for t in trials),
-            "best_val_accuracy": best.value if best else None,
+            "best_val_accuracy": accuracy(best) if best else None,
             "best_trial": best.number if best else None,
             "retrained_test_accuracy": float(np.mean(tests)) if tests else None,
             "retrained_test_std": float(np.std(tests, ddof=1)) if len(tests) > 1 else None,
@@ -106,6 +107,18 @@ def render_markdown(name: str, url: str, study: optuna.Study, rows: list[dict], 
         "saw; blank when none was retrained (`make export` then `make retrain`). s/epoch: mean over every "
         "epoch run by the row's trials, pruned ones included.",
     ]
+    name = cost_name(study)
+    if name:  # a multi-objective study: its Pareto front, cheapest first
+        lines += ["", f"## Pareto front: val accuracy up, {name} down", "",
+                  f"| trial | val accuracy | {name} | backbone | freeze | sampled parameters |",
+                  "|---|---|---|---|---|---|"]
+        for t in front(study):
+            cfg = t.user_attrs.get("config") or {}
+            sampled = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+            lines.append(f"| {t.number} | {accuracy(t):.4f} | {format_cost(name, cost(t))} | {cfg.get('backbone', '')} "
+                         f"| {cfg.get('freeze', '')} | {sampled} |")
+        lines += ["", "`make export STUDY=... ARGS=\"--pick fastest-within:0.01\"` exports the cheapest trial of "
+                      "the front within 0.01 of the best accuracy."]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,8 @@
 """Search spaces: YAML files validated on load, and `sample`, the only caller of `trial.suggest_*`.
 
 A space has three sections (README: "Search spaces"):
-  study:   name, storage, n_trials, timeout, seed, sampler, pruner   (how Optuna runs)
+  study:   name, storage, n_trials, timeout, seed, sampler, pruner   (how Optuna runs),
+           objectives: [accuracy] (default) or [accuracy, latency_ms | params | size_mb] (a Pareto study)
   params:  any TrialConfig field, either fixed (a plain value) or sampled:
              {choices: [...]}                       categorical
              {low: L, high: H, log: true, step: S}  int or float, by the field's type
@@ -23,9 +24,11 @@ import yaml
 
 from search.backbones import BACKBONES
 from search.config import DEFAULTS, FIELD_TYPES, FIXED_ONLY, TrialConfig, studies_dir
+from search.cost import COSTS
 from search.errors import UserError
 from search.model import AUGMENTATIONS, FREEZE_STRATEGIES
 from search.optimizers import OPTIMIZERS
+from search.prerank import check_option as check_rank_option
 
 CHOICES = {"backbone": tuple(BACKBONES), "optimizer": tuple(OPTIMIZERS), "freeze": FREEZE_STRATEGIES,
            "augment": AUGMENTATIONS}
@@ -48,10 +51,15 @@ PRUNERS = {
     "median": {"n_startup_trials": int, "n_warmup_steps": int},
     "successive_halving": {"min_resource": int, "reduction_factor": int},
     "hyperband": {"min_resource": int, "reduction_factor": int},
+    "threshold": {"lower": (int, float), "n_warmup_steps": int},  # Optuna's ThresholdPruner, see MULTI_PRUNERS
     "none": {},
 }
+# Optuna's trial.report/should_prune raise NotImplementedError in a multi-objective study, so no Optuna pruner
+# runs there; the threshold rule alone is applied by search.objective.AccuracyFloor, a Keras callback.
+MULTI_PRUNERS = ("threshold", "none")
 STUDY_KEYS = {"name": str, "storage": str, "n_trials": int, "timeout": (int, float), "seed": int,
-              "sampler": dict, "pruner": dict}
+              "sampler": dict, "pruner": dict, "objectives": list}
+STUDY_KEYS["rank"] = dict  # LogME ranking when the study is created: search/prerank.py
 
 
 @dataclass(frozen=True)
@@ -86,10 +94,17 @@ class StudySettings:
     seed: int = 0
     sampler: dict = field(default_factory=lambda: {"type": "tpe"})
     pruner: dict = field(default_factory=lambda: {"type": "median"})
+    objectives: tuple = ("accuracy",)  # or ("accuracy", cost): a multi-objective (Pareto) study
+    rank: dict | None = None  # {top_k, enqueue}: LogME ranking when the study is created (search/prerank.py)
 
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{studies_dir() / self.name}.db"
+
+    @property
+    def cost(self) -> str | None:
+        """The cost minimised beside accuracy (search.cost.COSTS), None in a single-objective study."""
+        return self.objectives[1] if len(self.objectives) > 1 else None
 
 
 @dataclass(frozen=True)
@@ -175,6 +190,7 @@ def parse_space(raw: Any, source: str = "<space>") -> Space:
         fail("params", "must be a mapping of TrialConfig fields")
     params = {name: _parse_param(name, spec, fail) for name, spec in params_raw.items()}
     _check_consistency(params, fail)
+    check_rank_option(study.rank, params, fail)
     enqueue = raw.get("enqueue") or []
     if not isinstance(enqueue, list) or not all(isinstance(e, dict) for e in enqueue):
         fail("enqueue", "must be a list of parameter mappings")
@@ -201,8 +217,11 @@ def _parse_study(data: Any, fail) -> StudySettings:
     name = data.get("name", "default")
     if not name or any(c in name for c in "/\\:") or name.startswith("."):
         fail("study.name", f"{name!r} is not usable as a file name")
+    objectives = _parse_objectives(data.get("objectives"), fail)
+    multi = len(objectives) > 1
     for key, registry in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-        spec = dict(data.get(key) or {"type": "tpe" if key == "sampler" else "median"})
+        default = "tpe" if key == "sampler" else ("none" if multi else "median")
+        spec = dict(data.get(key) or {"type": default})
         kind = spec.pop("type", None)
         if kind not in registry:
             fail(f"study.{key}.type", f"unknown {key} {kind!r}; valid: {', '.join(registry)}")
@@ -213,7 +232,27 @@ def _parse_study(data: Any, fail) -> StudySettings:
             if not isinstance(value, registry[kind][option]) or (isinstance(value, bool) and
                                                                registry[kind][option] is int):
                 fail(f"study.{key}.{option}", f"expected {_type_name(registry[kind][option])}, got {value!r}")
-    return StudySettings(**{k: v for k, v in data.items() if v is not None})
+    pruner = dict(data.get("pruner") or {"type": "none" if multi else "median"})
+    if multi and pruner["type"] not in MULTI_PRUNERS:
+        fail("study.pruner.type", f"{pruner['type']} cannot prune a multi-objective study (Optuna prunes single-"
+                                  f"objective studies only); valid with two objectives: {', '.join(MULTI_PRUNERS)}")
+    if pruner["type"] == "threshold" and not 0 <= pruner.get("lower", -1) <= 1:
+        fail("study.pruner.lower", "threshold needs lower: the validation accuracy (0 to 1) below which a trial "
+                                   "is pruned")
+    settings = {k: v for k, v in data.items() if v is not None}
+    return StudySettings(**{**settings, "objectives": objectives, "pruner": pruner})
+
+
+def _parse_objectives(value, fail) -> tuple:
+    """[accuracy] (the default) or [accuracy, cost]: accuracy is always maximised, the cost minimised."""
+    if value is None:
+        return ("accuracy",)
+    if not 1 <= len(value) <= 2 or value[0] != "accuracy":
+        fail("study.objectives", f"expected [accuracy] or [accuracy, cost] with cost one of {', '.join(COSTS)}; "
+                                 f"got {value!r}")
+    if len(value) == 2 and value[1] not in COSTS:
+        fail("study.objectives", f"unknown cost {value[1]!r}; valid: {', '.join(COSTS)}")
+    return tuple(value)
 
 
 def _type_name(t) -> str:

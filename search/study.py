@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 
 import optuna
 from tqdm import tqdm
 
+from search import prerank
 from search.backbones import build_backbone, get_backbone
 from search.errors import TrialError, UserError
 from search.objective import Objective, StopAfterFailures
+from search.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
 from search.space import Space, backbone_variants
 from search.storage import Heartbeat, sqlite_timeout
 from search.storage import open_storage as _storage  # noqa: F401 (its old name here; export.py and tests use it)
@@ -41,7 +44,18 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
     if kind == "hyperband":
         epochs = [w + f for w in space.values("warmup_epochs") for f in space.values("finetune_epochs")]
         return optuna.pruners.HyperbandPruner(max_resource=max(epochs), **options)
+    if kind == "threshold" and not space.study.cost:  # multi-objective: search.objective.AccuracyFloor instead
+        return optuna.pruners.ThresholdPruner(**options)
     return optuna.pruners.NopPruner()
+
+
+def directions(space: Space) -> list[str]:
+    return ["maximize"] + ["minimize"] * (len(space.study.objectives) - 1)
+
+
+def metric_names(space: Space) -> list[str]:
+    """The axes' names in optuna-dashboard (and the trials_dataframe's values_* columns)."""
+    return ["val_accuracy", *space.study.objectives[1:]]
 
 
 def _is_locked(exc: BaseException | None) -> bool:
@@ -62,7 +76,7 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
         storage = _storage(space.study.storage_url, heartbeat=Heartbeat())
     try:
         study = optuna.create_study(
-            study_name=space.study.name, storage=storage, load_if_exists=True, direction="maximize",
+            study_name=space.study.name, storage=storage, load_if_exists=True, directions=directions(space),
             sampler=sampler or make_sampler(space), pruner=make_pruner(space),
         )
     except Exception as exc:
@@ -71,9 +85,15 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
         raise UserError(f"study store {space.study.storage_url} is locked by another process "
                         f"(waited {sqlite_timeout():.0f}s); try again when it is free") from None
     stored = study.user_attrs.get(SPACE_ATTR)
+    _check_objectives(study, space, stored)
     if stored is None:
+        if space.study.cost:  # a single-objective study stores exactly what it always did
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(metric_names(space))
+        baselines = prerank.on_new_study(study, space)  # study.rank: LogME ranking, once, before any trial
         study.set_user_attr(SPACE_ATTR, space.raw)
-        for params in space.enqueue:  # baselines first, once, when the study is new
+        for params in baselines:  # baselines first, once, when the study is new
             study.enqueue_trial(params, skip_if_exists=True)
     elif stored.get("params") != space.raw.get("params"):
         changed = sorted(k for k in set(stored.get("params", {})) | set(space.raw.get("params", {}))
@@ -82,6 +102,19 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
             f"study {space.study.name!r} in {space.study.storage_url} was made from a different space "
             f"(params differ: {', '.join(changed)}); resume it with its own space or pick a new study.name")
     return study
+
+
+def _check_objectives(study: optuna.Study, space: Space, stored: dict | None) -> None:
+    """A study keeps the objectives it was made with: its trials' values mean those."""
+    want = list(space.study.objectives)
+    # a space stored before objectives existed has none: it was [accuracy]; a new study has no space yet
+    had = list((stored.get("study") or {}).get("objectives") or ["accuracy"]) if stored is not None else None
+    if (had is None or had == want) and len(study.directions) == len(want):
+        return
+    made = f"[{', '.join(had)}]" if had else f"{len(study.directions)} objective(s)"
+    raise UserError(f"study {space.study.name!r} in {space.study.storage_url} was made with objectives {made}, "
+                    f"this space asks for [{', '.join(want)}]; resume it with its own objectives or pick a new "
+                    f"study.name")
 
 
 def prepare(space: Space) -> None:
@@ -101,18 +134,25 @@ def prepare(space: Space) -> None:
 def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: str = "") -> None:
     """One line per finished trial, instead of Keras's per-batch noise."""
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
-    value = f"{trial.value:.4f}" if trial.value is not None else "  -   "
-    try:
-        best = f"{study.best_value:.4f}"
-    except ValueError:
-        best = "  -   "
-    keys = ("backbone", "freeze", "unfreeze_layers", "unfreeze_blocks", "optimizer", "learning_rate", "dropout")
+    value = f"{accuracy(trial):.4f}" if accuracy(trial) is not None else "  -   "
+    if is_multi(study):  # no single best: the trial's cost and how many trials the Pareto front holds
+        name = cost_name(study)
+        spent = format_cost(name, cost(trial)) if cost(trial) is not None else "-"
+        score = f"value={value} {name}={spent} front={len(study.best_trials)}"
+    else:
+        try:
+            best = f"{study.best_value:.4f}"
+        except ValueError:
+            best = "  -   "
+        score = f"value={value} best={best}"
+    # image_size and the head print only where sampled (they move a multi-objective study's cost)
+    keys = ("backbone", "image_size", "freeze", "unfreeze_layers", "unfreeze_blocks", "optimizer", "learning_rate",
+            "dropout", "head_layers", "head_units")
     params = " ".join(f"{k}={_fmt(trial.params[k])}" for k in keys if k in trial.params)
     ended = trial.user_attrs.get("ended", "")
     note = f" ({ended})" if trial.state != optuna.trial.TrialState.COMPLETE and ended else ""
     # tqdm.write prints above optuna's progress bar when one is shown, like print otherwise
-    tqdm.write(f"{prefix}trial {trial.number:3d} {trial.state.name:8s} value={value} best={best} {params} "
-               f"{seconds:.1f}s{note}")
+    tqdm.write(f"{prefix}trial {trial.number:3d} {trial.state.name:8s} {score} {params} {seconds:.1f}s{note}")
     sys.stdout.flush()
 
 
@@ -140,6 +180,7 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     prepare(space)
     study = open_study(space)
     save_study_note(study, space)
+    space = prerank.restricted(space, study)  # study.rank's top_k, as recorded when the study was created
     if reporters is None:
         reporters = [ArtifactReporter(artifact_dir(space.study.storage_url, space.study.name))]
     n_trials = n_trials or space.study.n_trials
@@ -161,6 +202,12 @@ def summarize(study: optuna.Study, seconds: float) -> None:
     print(f"done in {seconds:.0f}s; trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if completed:
-        best, worst = max(completed, key=lambda t: t.value), min(completed, key=lambda t: t.value)
-        print(f"best  trial {best.number}: val_accuracy={best.value:.4f} {best.params}")
-        print(f"worst trial {worst.number}: val_accuracy={worst.value:.4f} {worst.params}")
+        best, worst = max(completed, key=accuracy), min(completed, key=accuracy)
+        print(f"best  trial {best.number}: val_accuracy={accuracy(best):.4f} {best.params}")
+        print(f"worst trial {worst.number}: val_accuracy={accuracy(worst):.4f} {worst.params}")
+    if completed and is_multi(study):
+        name = cost_name(study)
+        print(f"Pareto front (val_accuracy up, {name} down), {len(study.best_trials)} trial(s):")
+        for t in front(study):
+            spent = format_cost(name, cost(t))
+            print(f"  trial {t.number:3d}: val_accuracy={accuracy(t):.4f} {name}={spent} {t.params}")

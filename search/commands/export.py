@@ -8,15 +8,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--storage", help="Optuna storage URL, if not the default store of --study")
     parser.add_argument("--top", type=int, default=1,
                         help="export the K best completed trials: best.yaml, best-2.yaml, ... (default 1)")
+    parser.add_argument("--pick", default="best", metavar="RULE",
+                        help="which trials count as best: best (highest accuracy, the default) or, in a "
+                             "multi-objective study, cheapest-within:D (alias fastest-within:D): the lowest-cost "
+                             "Pareto-front trial whose accuracy is within D (e.g. 0.01) of the best")
 
 
 def run(args) -> int:
     from search.export import export
 
-    written = export(args.study, args.storage, args.top)
+    written = export(args.study, args.storage, args.top, args.pick)
     configs = [p for p in written if p.suffix == ".yaml"]
     if len(configs) < args.top:
-        print(f"note: only {len(configs)} completed trial(s) to export (asked for --top {args.top})")
+        by = f" by --pick {args.pick}" if args.pick != "best" else ""
+        print(f"note: only {len(configs)} completed trial(s) to export{by} (asked for --top {args.top})")
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -65,6 +65,7 @@ def run(args) -> int:
 
     import optuna
 
+    from search import prerank
     from search.artifacts import ArtifactReporter, artifact_dir
     from search.device import configure_devices
     from search.errors import TrialError
@@ -83,6 +84,7 @@ def run(args) -> int:
         prepare(space)
     heartbeat = Heartbeat(args.heartbeat_interval, args.grace_period)
     study = open_worker_study(space, heartbeat, args.worker_index)
+    space = prerank.restricted(space, study)  # study.rank's top_k, as the study's creator recorded it
     recover(study, log=lambda line: print(f"{me} {line}", flush=True))
     if args.n_trials:
         added, queued = queue_trials(study, args.n_trials)
