@@ -100,3 +100,17 @@ BUDGET ?= 2700
 ## make bench-flowers DATA=../shared/data/flowers WEIGHTS=../shared/weights [BUDGET=2700] [ARGS="--seeds 3"]
 bench-flowers: $(BIN)/.installed
 	$(BIN)/python -m search bench-flowers --data "$$DATA" --weights "$$WEIGHTS" --budget "$$BUDGET" $$ARGS
+
+# --- choose before you train (search/rank.py, search/prerank.py) ---
+.PHONY: rank rank-check
+# --set only for what the user gave: the space's own dataset and weights otherwise
+DATA_SET    = $(if $(filter command line environment,$(origin DATA)),--set "dataset=$$DATA")
+WEIGHTS_SET = $(if $(filter command line environment,$(origin WEIGHTS)),--set "weights=$$WEIGHTS")
+
+## make rank [SPACE=spaces/x.yaml] [DATA=folder] [WEIGHTS=folder]: LogME of every backbone of the space, in seconds
+rank: $(BIN)/.installed
+	$(BIN)/python -m search rank --space "$$SPACE" $(DATA_SET) $(WEIGHTS_SET) $$ARGS
+
+## make rank-check STUDY=name: Kendall's tau between LogME and the study's fine-tuned validation accuracies
+rank-check: $(BIN)/.installed
+	$(BIN)/python -m search rank-check --study "$$STUDY" $$ARGS

@@ -25,6 +25,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from search.config import TrialConfig, studies_dir
 from search.errors import UserError
@@ -32,13 +33,14 @@ from search.errors import UserError
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
 
 
-def load_config(path: str | Path):
-    """(Space, TrialConfig) of a file whose params are all fixed, through the trials' own parser."""
+def load_config(path: str | Path, overrides=()):
+    """(Space, TrialConfig) of a file whose params are all fixed, through the trials' own parser;
+    `overrides` are --set strings, as for a study."""
     import optuna
 
     from search.space import load_space, sample
 
-    space = load_space(path)
+    space = load_space(path, overrides)
     sampled = [name for name, p in space.params.items() if not p.is_fixed]
     if sampled:
         raise UserError(f"{path}: params.{sampled[0]} is sampled; retrain needs a config with every param "
@@ -58,8 +60,9 @@ def new_run_dir(parent: Path) -> Path:
             n += 1
 
 
-def retrain(config_path: str | Path, seeds: int = 1) -> Path:
-    """Retrain the config with seeds seed, seed+1, ...; returns the run folder."""
+def retrain(config_path: str | Path, seeds: int = 1, overrides=()) -> Path:
+    """Retrain the config with seeds seed, seed+1, ...; returns the run folder. `overrides` ("param=value",
+    e.g. augment=none) change the config for this run only; its config.yaml records the result."""
     from search.data import load_search_data, load_split
     from search.export import check_fingerprints, library_versions
 
@@ -67,7 +70,7 @@ def retrain(config_path: str | Path, seeds: int = 1) -> Path:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
     if not Path(config_path).is_file():
         raise UserError(f"config {str(config_path)!r} not found (`make export STUDY=<name>` writes one)")
-    space, cfg = load_config(config_path)
+    space, cfg = load_config(config_path, overrides)
     exported = space.exported
     if exported:
         check_fingerprints(cfg, exported, str(config_path))  # before anything is written
@@ -79,7 +82,10 @@ def retrain(config_path: str | Path, seeds: int = 1) -> Path:
     test = load_split(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed, "test")
     study = exported.get("study") or space.study.name
     run = new_run_dir(studies_dir() / study / "retrain")
-    shutil.copyfile(config_path, run / "config.yaml")
+    if overrides:  # the config as retrained, so the run can be replayed (and export-tflite reads it back)
+        (run / "config.yaml").write_text(yaml.safe_dump(space.raw, sort_keys=False))
+    else:
+        shutil.copyfile(config_path, run / "config.yaml")
     print(f"retraining {config_path} into {run}: train {len(data.train)} images, validation "
           f"{len(data.val)} (early stopping), test {len(test)} (evaluated once)", flush=True)
     records = []
@@ -97,6 +103,7 @@ def retrain(config_path: str | Path, seeds: int = 1) -> Path:
         "study": study,
         "trial": exported.get("trial"),
         "source_config": str(config_path),
+        "overrides": list(overrides),
         "created_at": datetime.datetime.now().isoformat(timespec="seconds"),
         "recipe": "train split, validation split for early stopping (as in the trial), test split once",
         "trial_validation_accuracy": (exported.get("validation") or {}).get("accuracy"),
@@ -236,7 +243,8 @@ def render_markdown(report: dict, run_name: str) -> str:
     lines = [
         f"# Retrained: study `{report['study']}`, trial {report['trial']} ({run_name})",
         "",
-        f"- config: `config.yaml` (a copy of `{report['source_config']}`)",
+        f"- config: `config.yaml` (a copy of `{report['source_config']}`"
+        + (f", with --set {' '.join(report['overrides'])})" if report.get("overrides") else ")"),
         f"- backbone: {c['backbone']} (weights {c['weights']}), {c['image_size']} px, "
         f"freeze {c['freeze']}{unfreeze}, train_bn {c['train_bn']}",
         f"- training: {c['warmup_epochs']} warm-up + up to {c['finetune_epochs']} fine-tuning epochs, "

@@ -2,7 +2,8 @@
 
 A space has three sections (README: "Search spaces"):
   study:   name, storage, n_trials, timeout, seed, sampler, pruner   (how Optuna runs),
-           objectives: [accuracy] (default) or [accuracy, latency_ms | params | size_mb] (a Pareto study)
+           objectives: [accuracy] (default) or [accuracy, latency_ms | params | size_mb] (a Pareto study),
+           rank: {top_k, enqueue} (LogME ranking of the backbones when the study is created)
   params:  any TrialConfig field, either fixed (a plain value) or sampled:
              {choices: [...]}                       categorical
              {low: L, high: H, log: true, step: S}  int or float, by the field's type
@@ -58,8 +59,8 @@ PRUNERS = {
 # runs there; the threshold rule alone is applied by search.objective.AccuracyFloor, a Keras callback.
 MULTI_PRUNERS = ("threshold", "none")
 STUDY_KEYS = {"name": str, "storage": str, "n_trials": int, "timeout": (int, float), "seed": int,
-              "sampler": dict, "pruner": dict, "objectives": list}
-STUDY_KEYS["rank"] = dict  # LogME ranking when the study is created: search/prerank.py
+              "sampler": dict, "pruner": dict, "objectives": list,
+              "rank": dict}  # LogME ranking when the study is created: search/prerank.py
 
 
 @dataclass(frozen=True)

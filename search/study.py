@@ -145,9 +145,9 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: st
         except ValueError:
             best = "  -   "
         score = f"value={value} best={best}"
-    # image_size and the head print only where sampled (they move a multi-objective study's cost)
+    # only what is sampled prints (a fixed param is not in trial.params)
     keys = ("backbone", "image_size", "freeze", "unfreeze_layers", "unfreeze_blocks", "optimizer", "learning_rate",
-            "dropout", "head_layers", "head_units")
+            "dropout", "label_smoothing", "augment", "head_layers", "head_units")
     params = " ".join(f"{k}={_fmt(trial.params[k])}" for k in keys if k in trial.params)
     ended = trial.user_attrs.get("ended", "")
     note = f" ({ended})" if trial.state != optuna.trial.TrialState.COMPLETE and ended else ""

@@ -20,7 +20,7 @@ from search.data import load_images, load_split
 from search.errors import UserError
 from search.export import check_fingerprints, dataset_fingerprint, weights_fingerprint
 from search.report import write_report
-from search.retrain import retrain
+from search.retrain import load_config, retrain
 from search.space import load_space, sample
 from search.study import run_study
 from tests.conftest import write
@@ -152,6 +152,22 @@ def test_second_retrain_is_a_new_run_and_seeds_give_mean_and_std(exported, first
     assert report["summary"]["test_accuracy"]["mean"] == pytest.approx(np.mean(accs))
     assert report["summary"]["test_accuracy"]["std"] == pytest.approx(np.std(accs, ddof=1))
     assert "mean ± std" in (second / "report.md").read_text()
+
+
+def test_retrain_with_set_changes_this_run_only_and_records_it(exported, first_run):
+    best = exported[1] / "best.yaml"
+    before = _digest(best)
+    run = retrain(best, overrides=["augment=mirror", "dropout=0.3"])
+    report = json.loads((run / "report.json").read_text())
+    assert report["config"]["augment"] == "mirror" and report["config"]["dropout"] == 0.3
+    assert report["overrides"] == ["augment=mirror", "dropout=0.3"]
+    _, replayed = load_config(run / "config.yaml")  # the run's config.yaml is what ran
+    assert replayed == TrialConfig.from_dict(report["config"])
+    assert _digest(best) == before and "--set augment=mirror dropout=0.3" in (run / "report.md").read_text()
+    runs = sorted(run.parent.glob("run-*"))
+    with pytest.raises(UserError, match="augment"):
+        retrain(best, overrides=["augment=sideways"])
+    assert sorted(run.parent.glob("run-*")) == runs  # a bad --set writes nothing
 
 
 def _tampered(exported, tmp_path, edit):

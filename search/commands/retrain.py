@@ -7,6 +7,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--config", required=True, help="an exported config, e.g. studies/<study>/best.yaml")
     parser.add_argument("--seeds", type=int, default=1,
                         help="retrain N times with seeds seed, seed+1, ... and report mean ± std (default 1)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a param for this run only, e.g. --set augment=none (validated as in a study)")
 
 
 def run(args) -> int:
@@ -14,6 +16,6 @@ def run(args) -> int:
     from search.retrain import retrain
 
     print(f"device: {configure_devices()}", flush=True)
-    folder = retrain(args.config, args.seeds)
+    folder = retrain(args.config, args.seeds, args.set)
     print(f"wrote {folder / 'report.md'}")
     return 0
