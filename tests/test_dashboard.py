@@ -28,7 +28,8 @@ from search.study import _storage
 from tests.conftest import write
 
 # Two trials: 0 trains (top block unfrozen), 1 warms up with a useless learning rate and is pruned at
-# epoch 0 by the median pruner, so both a full curve and a pruning-epoch curve are uploaded.
+# epoch 2 (its first fine-tuning epoch, the first reported) by the median pruner, so both a full curve and a
+# pruning-epoch curve are uploaded.
 SPACE = """
 study:
   name: dash
@@ -200,7 +201,7 @@ def test_each_trial_has_its_artifacts_in_the_dashboard(live):
 def test_notes_say_why_a_trial_ended_and_what_the_study_is(live):
     data = _get_json(f"{live.base}/api/studies/{live.study_id}?after=0")  # what the dashboard renders
     notes = {t["number"]: t["note"]["body"] for t in data["trials"]}
-    assert "pruned after epoch 0" in notes[1] and "val_accuracy" in notes[1]
+    assert "pruned after epoch 2" in notes[1] and "val_accuracy" in notes[1]
     assert notes[0] == ""  # completed: its artifacts say it all
     study_note = data["note"]["body"]
     assert study_note == get_note(live.study)
@@ -242,7 +243,7 @@ def test_artifact_dir_sits_beside_the_sqlite_file():
 def test_progress_lines_without_keras_noise(live):
     lines = live.log.splitlines()
     assert any(re.match(r"\[1/2\] trial +0 COMPLETE value=0\.\d{4} best=0\.\d{4} .* \d+\.\ds$", line) for line in lines)
-    assert any(re.match(r"\[2/2\] trial +1 PRUNED .*\(pruned after epoch 0\)$", line) for line in lines)
+    assert any(re.match(r"\[2/2\] trial +1 PRUNED .*\(pruned after epoch 2\)$", line) for line in lines)
     assert "━" not in live.log and "/step" not in live.log  # Keras's per-batch progress bars stay off
 
 
@@ -332,7 +333,7 @@ def test_browser_opens_a_trial_and_sees_its_artifacts(live, tmp_path):
             page.get_by_role("button", name=re.compile(r"^Trial 1")).click()  # the pruned one: curve and note
             expect(page.get_by_text("trial_1_learning_curve.png")).to_be_visible()
             expect(page.get_by_role("heading", name="Trial 1: pruned")).to_be_visible()  # its note
-            expect(page.get_by_text(re.compile(r"^Why: pruned after epoch 0"))).to_be_visible()
+            expect(page.get_by_text(re.compile(r"^Why: pruned after epoch 2"))).to_be_visible()
             page.screenshot(path=str(tmp_path / "dashboard_trial_1.png"))
         finally:
             browser.close()

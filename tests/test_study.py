@@ -11,8 +11,9 @@ from search.study import run_study
 from tests.conftest import write
 
 # Trial 0 is a sound recipe. Trial 1 warms its head up with a learning rate too small to learn anything,
-# so at step 0 it sits far below trial 0's value and the median pruner (n_startup_trials=1, no warm-up
-# steps) prunes it: pruned by the pruner through the Keras callback, not by an exception of ours.
+# so at its first fine-tuning step (2: only fine-tuning epochs are reported) it sits far below trial 0's
+# value and the median pruner (n_startup_trials=1, no warm-up steps) prunes it: pruned by the pruner
+# through the Keras callback, not by an exception of ours.
 SPACE = """
 study:
   name: {name}
@@ -57,8 +58,8 @@ def test_study_completes_stores_and_prunes(study_run):
     assert states[1] == optuna.trial.TrialState.PRUNED
     pruned = study.trials[1]
     assert pruned.user_attrs["ended"].startswith("pruned after epoch")
-    assert pruned.intermediate_values  # it reported before the pruner stopped it
-    assert len(pruned.user_attrs["curve"]) == len(pruned.intermediate_values)
+    assert min(pruned.intermediate_values) == 2  # it reported (fine-tuning only) before the pruner stopped it
+    assert [r["epoch"] for r in pruned.user_attrs["curve"]] == list(range(max(pruned.intermediate_values) + 1))
     best = study.best_trial
     attrs = best.user_attrs
     assert 0.2 < best.value <= 1.0 and best.value == attrs["val_accuracy"]
@@ -68,9 +69,33 @@ def test_study_completes_stores_and_prunes(study_run):
     assert set(attrs["val_per_class_f1"]) == {"ellipse", "hollow_square", "hollow_triangle", "l_shape", "two_discs"}
     assert attrs["config"]["backbone"] == "tiny_cnn"
     assert 0 < attrs["params_trainable"] < attrs["params_total"]
-    # both phases report, with distinct steps 0..3 for a full-length trial
-    assert sorted(study.trials[0].intermediate_values) == [0, 1, 2, 3]
+    # fine-tuning reports to the pruner, at steps that continue the warm-up's epochs; the curve has both
+    assert sorted(study.trials[0].intermediate_values) == [2, 3]
     assert [r["phase"] for r in study.trials[0].user_attrs["curve"]] == [1, 1, 2, 2]
+
+
+def test_a_good_warm_up_does_not_shield_a_fine_tune_that_collapses():
+    """The flowers case: 0.87 after the head warm-up, 0.19 after the first fine-tuning epoch. Optuna's median
+    pruner compares a trial's best value so far, so only reporting fine-tuning epochs lets it prune this."""
+    from search.objective import FineTunePruning
+
+    study = optuna.create_study(direction="maximize",
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    for _ in range(2):  # two finished trials that fine-tuned well
+        study.add_trial(optuna.trial.create_trial(value=0.85, intermediate_values={3: 0.84, 4: 0.85}))
+    epochs = [(0, 0.83), (1, 0.86), (2, 0.87), (3, 0.19)]  # warm-up epochs 0-2, then fine-tuning collapses
+
+    def run(callback):
+        for epoch, accuracy in epochs:
+            callback.on_epoch_end(epoch, {"val_accuracy": accuracy})
+
+    from optuna_integration import KerasPruningCallback
+
+    run(KerasPruningCallback(study.ask(), "val_accuracy"))  # every epoch reported: best so far 0.87, not pruned
+    trial = study.ask()
+    with pytest.raises(optuna.TrialPruned):
+        run(FineTunePruning(trial, first_epoch=3))
+    assert study.tell(trial, state=optuna.trial.TrialState.PRUNED).intermediate_values == {3: 0.19}
 
 
 def test_rerunning_resumes_and_adds_trials(study_run):
