@@ -168,7 +168,9 @@ class Progress:
 
 
 def _fmt(v) -> str:
-    return f"{v:.2e}" if isinstance(v, float) and (v < 1e-2 or v > 1e3) else (f"{v:.3g}" if isinstance(v, float) else str(v))
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.2e}" if 0 < abs(v) < 1e-2 or abs(v) > 1e3 else f"{v:.3g}"  # 0.0 prints as 0
 
 
 def run_study(space: Space, n_trials: int | None = None, timeout: float | None = None,
