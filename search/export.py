@@ -228,14 +228,18 @@ HEADER = """\
 {extra}"""
 
 
-def export(name: str, storage: str | None = None, top: int = 1, pick: str = "best") -> list[Path]:
+def export(name: str, storage: str | None = None, top: int = 1, pick: str = "best",
+           max_params: int | None = None) -> list[Path]:
     """Write best.yaml (best-2.yaml ... for --top K) and trials.csv into studies/<study>/; `pick` is the
-    rule that orders the trials (search/pareto.py: best, cheapest-within:D)."""
+    rule that orders the trials (search/pareto.py: best, cheapest-within:D); `max_params` keeps only trials
+    whose model has at most that many parameters (a device's budget: the best model that fits)."""
     from search.pareto import accuracy, cost, cost_name, format_cost, parse_rule
     from search.space import parse_space, sample
 
     if top < 1:
         raise UserError(f"--top must be at least 1, got {top}")
+    if max_params is not None and max_params < 1:
+        raise UserError(f"--max-params must be at least 1, got {max_params}")
     parse_rule(pick)  # a bad rule fails before the store is opened
     study = load_study(name, storage)
     ranked = ranked_trials(study, pick)
@@ -243,10 +247,19 @@ def export(name: str, storage: str | None = None, top: int = 1, pick: str = "bes
         states = [t.state.name.lower() for t in study.trials]
         summary = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
         raise UserError(f"study {name!r} has no completed trial to export ({summary})")
+    if max_params is not None:
+        sizes = [t.user_attrs.get("params_total") for t in ranked]
+        ranked = [t for t, n in zip(ranked, sizes) if n is not None and n <= max_params]
+        if not ranked:
+            smallest = min((n for n in sizes if n is not None), default=None)
+            raise UserError(f"no completed trial of study {name!r} has at most {max_params:,} parameters"
+                            + (f" (the smallest has {smallest:,})" if smallest is not None else ""))
     url = study_url(name, storage)
     documents = []
     for rank, trial in enumerate(ranked[:top], start=1):
         doc = config_document(study, trial, rank, url, pick)
+        if max_params is not None:
+            doc["exported"]["max_params"] = max_params
         # guard against drift: the file must replay to exactly the trial's config
         replayed = sample(optuna.trial.FixedTrial({}), parse_space(doc, f"best-{rank}"))
         if replayed.to_dict() != trial.user_attrs["config"]:

@@ -37,7 +37,7 @@ def baselines(data: str, weights: str, size: int) -> dict[str, dict]:
 
 
 def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baseline_size: int,
-        max_trials: int = 10_000) -> Path:
+        max_trials: int = 10_000, max_params: int | None = None) -> Path:
     from search.export import export
     from search.retrain import retrain
     from search.space import load_space
@@ -47,7 +47,7 @@ def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baselin
     space = load_space(SPACE, [f"dataset={data}", f"weights={weights}"]).with_study(name=name, timeout=budget_s)
     study = run_study(space, n_trials=max_trials, timeout=budget_s)
     search_s = time.perf_counter() - started
-    best_yaml = export(name, top=1)[0]
+    best_yaml = export(name, top=1, max_params=max_params)[0]
     runs = {"search winner": retrain(best_yaml, seeds)}
     folder = studies_dir() / name / "baselines"
     folder.mkdir(parents=True, exist_ok=True)

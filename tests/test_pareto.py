@@ -34,7 +34,7 @@ HAND_BUILT = [
 ]
 
 
-def _hand_built(name: str, values=HAND_BUILT, multi: bool = True) -> optuna.Study:
+def _hand_built(name: str, values=HAND_BUILT, multi: bool = True, attrs=None) -> optuna.Study:
     """A study store in studies_dir() like one `make study` writes, with known values and exportable configs."""
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{studies_dir() / name}.db",
                                 directions=["maximize", "minimize"] if multi else ["maximize"])
@@ -47,7 +47,8 @@ def _hand_built(name: str, values=HAND_BUILT, multi: bool = True) -> optuna.Stud
                   "weights": "builtin", "learning_rate": lr, "seed": i}
         study.add_trial(optuna.trial.create_trial(
             params={"learning_rate": lr}, distributions=DISTS, values=[acc, latency] if multi else [acc],
-            user_attrs={"config": config, "val_accuracy": acc, **({"latency_ms": latency} if multi else {})}))
+            user_attrs={"config": config, "val_accuracy": acc, **({"latency_ms": latency} if multi else {}),
+                        **(attrs[i] if attrs else {})}))
     return study
 
 
@@ -77,6 +78,20 @@ def test_export_picks_by_rule_and_records_it():
     assert yaml.safe_load((folder / "best.yaml").read_text())["exported"]["trial"] == 0
     csv = (folder / "trials.csv").read_text().splitlines()
     assert len(csv) == 8 and "values_latency_ms" in csv[0]
+
+
+def test_max_params_exports_the_best_trial_that_fits(capsys):
+    sizes = [{"params_total": n} for n in (712_629, 416_613, 219_829)]  # MobileNetV2 0.5, 0.35, MobileNet 0.25
+    _hand_built("hand_size", values=[(0.80, 0), (0.79, 0), (0.70, 0)], multi=False, attrs=sizes)
+    folder = studies_dir() / "hand_size"
+    assert main(["export", "--study", "hand_size", "--max-params", "700000", "--top", "3"]) == 0
+    docs = [yaml.safe_load((folder / f).read_text())["exported"] for f in ("best.yaml", "best-2.yaml")]
+    assert [d["trial"] for d in docs] == [1, 2] and docs[0]["max_params"] == 700_000
+    assert not (folder / "best-3.yaml").exists() and "only 2 completed trial(s)" in capsys.readouterr().out
+    assert main(["export", "--study", "hand_size", "--max-params", "200000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: no completed trial of study 'hand_size' has at most 200,000 parameters "
+                   "(the smallest has 219,829)"]
 
 
 def test_bad_rules_and_single_objective_studies_are_one_line_errors(capsys):

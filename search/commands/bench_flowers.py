@@ -13,6 +13,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--budget", type=float, default=2700, help="search seconds (default %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="retrain seeds per method (default %(default)s)")
     parser.add_argument("--baseline-size", type=int, default=128, help="image size of the seeds' recipes")
+    parser.add_argument("--max-params", type=int, metavar="N",
+                        help="export the best trial whose model has at most N parameters (default: the best)")
     parser.add_argument("--name", help="study name (default flowers-<date-time>, a new study each run)")
 
 
@@ -24,7 +26,8 @@ def run(args) -> int:
         raise UserError("--budget must be positive and --seeds at least 1")
     name = args.name or "flowers-" + datetime.datetime.now().strftime("%Y%m%d-%H%M")
     print(f"device: {configure_devices()}", flush=True)
-    report = bench(args.data, args.weights, args.budget, args.seeds, name, args.baseline_size)
+    report = bench(args.data, args.weights, args.budget, args.seeds, name, args.baseline_size,
+                   max_params=args.max_params)
     print(report.read_text())
     print(f"report: {report}")
     return 0

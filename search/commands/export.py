@@ -12,12 +12,14 @@ def add_arguments(parser) -> None:
                         help="which trials count as best: best (highest accuracy, the default) or, in a "
                              "multi-objective study, cheapest-within:D (alias fastest-within:D): the lowest-cost "
                              "Pareto-front trial whose accuracy is within D (e.g. 0.01) of the best")
+    parser.add_argument("--max-params", type=int, metavar="N",
+                        help="only trials whose model has at most N parameters (head included)")
 
 
 def run(args) -> int:
     from search.export import export
 
-    written = export(args.study, args.storage, args.top, args.pick)
+    written = export(args.study, args.storage, args.top, args.pick, args.max_params)
     configs = [p for p in written if p.suffix == ".yaml"]
     if len(configs) < args.top:
         by = f" by --pick {args.pick}" if args.pick != "best" else ""
