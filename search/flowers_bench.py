@@ -9,6 +9,7 @@ confusion matrix and best validation accuracy against time. Everything goes thro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -36,6 +37,43 @@ def baselines(data: str, weights: str, size: int) -> dict[str, dict]:
     }
 
 
+def backbone_params(choice: str, space) -> int:
+    """Parameters of the largest backbone (no top) a value of params.backbone can build: the count does not
+    depend on the input size, so a 32 px model with random weights is enough."""
+    import keras
+
+    from search.backbones import build_backbone, get_backbone
+    from search.prerank import variants_of
+
+    counts = []
+    for name, alpha in variants_of(choice, space):
+        counts.append(build_backbone(get_backbone(name), 32, "none", alpha).count_params())
+        keras.backend.clear_session()
+    return max(counts)
+
+
+def within_params(space, max_params: int, log=print):
+    """The space with only the backbones that fit `max_params` on their own (the head comes on top, so
+    `export --max-params` checks the whole model), and without the queued trials that use a dropped one:
+    searching backbones the export would refuse only wastes the budget."""
+    from search.errors import UserError
+
+    backbone = space.params.get("backbone")
+    if backbone is None or backbone.choices is None:
+        return space
+    sizes = {c: backbone_params(c, space) for c in backbone.choices}
+    kept = tuple(c for c in backbone.choices if sizes[c] <= max_params)
+    if not kept:
+        raise UserError(f"--max-params {max_params:,}: no backbone of {space.source} fits (the smallest, "
+                        f"{min(sizes, key=sizes.get)}, has {min(sizes.values()):,} parameters)")
+    for c in backbone.choices:
+        if c not in kept:
+            log(f"--max-params {max_params:,}: not searching {c} ({sizes[c]:,} backbone parameters)")
+    params = {**space.params, "backbone": dataclasses.replace(backbone, choices=kept)}
+    enqueue = tuple(e for e in space.enqueue if e.get("backbone", kept[0]) in kept)
+    return dataclasses.replace(space, params=params, enqueue=enqueue)
+
+
 def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baseline_size: int,
         max_trials: int = 10_000, max_params: int | None = None) -> Path:
     from search.export import export
@@ -45,6 +83,8 @@ def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baselin
 
     started = time.perf_counter()
     space = load_space(SPACE, [f"dataset={data}", f"weights={weights}"]).with_study(name=name, timeout=budget_s)
+    if max_params is not None:
+        space = within_params(space, max_params)
     study = run_study(space, n_trials=max_trials, timeout=budget_s)
     search_s = time.perf_counter() - started
     best_yaml = export(name, top=1, max_params=max_params)[0]

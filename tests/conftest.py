@@ -26,3 +26,33 @@ def fresh_keras_session():
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+def pruned_pair_space(name: str, n_trials: int = 2, weights: str = "builtin", sound: str = "freeze: frozen") -> str:
+    """A tiny real study whose trial 0 is a sound recipe (`sound`: its freezing) and whose trial 1 warms its
+    head up with a learning rate too small to learn anything. At its first fine-tuning epoch (the first
+    reported) trial 1 sits far below trial 0, so the median pruner (n_startup_trials=1, no warm-up steps)
+    prunes it: pruned by the pruner through the Keras callback, not by an exception of ours."""
+    return f"""
+study:
+  name: {name}
+  n_trials: {n_trials}
+  seed: 0
+  sampler: {{type: random}}
+  pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 0}}
+params:
+  dataset: builtin:shapes
+  image_size: 32
+  backbone: tiny_cnn
+  weights: {weights}
+  warmup_epochs: 2
+  finetune_epochs: 2
+  warmup_learning_rate: {{choices: [0.01, 1.0e-7]}}
+  freeze: {{choices: [frozen, top_blocks]}}
+  unfreeze_blocks: {{low: 1, high: 2}}
+  optimizer: {{choices: [adam, sgd]}}
+  learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
+enqueue:
+  - {{warmup_learning_rate: 0.01, {sound}, optimizer: adam, learning_rate: 0.001}}
+  - {{warmup_learning_rate: 1.0e-7, freeze: frozen, optimizer: sgd, learning_rate: 0.0001}}
+"""

@@ -25,34 +25,11 @@ from search.config import TrialConfig, studies_dir
 from search.data import load_search_data
 from search.html_report import write_html_report
 from search.study import _storage
-from tests.conftest import write
+from tests.conftest import pruned_pair_space, write
 
-# Two trials: 0 trains (top block unfrozen), 1 warms up with a useless learning rate and is pruned at
-# epoch 2 (its first fine-tuning epoch, the first reported) by the median pruner, so both a full curve and a
-# pruning-epoch curve are uploaded.
-SPACE = """
-study:
-  name: dash
-  n_trials: 2
-  seed: 0
-  sampler: {type: random}
-  pruner: {type: median, n_startup_trials: 1, n_warmup_steps: 0}
-params:
-  dataset: builtin:shapes
-  image_size: 32
-  backbone: tiny_cnn
-  weights: builtin
-  warmup_epochs: 2
-  finetune_epochs: 2
-  warmup_learning_rate: {choices: [0.01, 1.0e-7]}
-  freeze: {choices: [frozen, top_blocks]}
-  unfreeze_blocks: {low: 1, high: 2}
-  optimizer: {choices: [adam, sgd]}
-  learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}
-enqueue:
-  - {warmup_learning_rate: 0.01, freeze: top_blocks, unfreeze_blocks: 1, optimizer: adam, learning_rate: 0.001}
-  - {warmup_learning_rate: 1.0e-7, freeze: frozen, optimizer: sgd, learning_rate: 0.0001}
-"""
+# Two trials: 0 trains (top block unfrozen), 1 is pruned at epoch 2, its first fine-tuning epoch (the first
+# reported), so both a full curve and a pruning-epoch curve are uploaded (tests/conftest.py: pruned_pair_space).
+SPACE = pruned_pair_space("dash", sound="freeze: top_blocks, unfreeze_blocks: 1")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

@@ -23,36 +23,13 @@ from search.report import write_report
 from search.retrain import load_config, retrain
 from search.space import load_space, sample
 from search.study import run_study
-from tests.conftest import write
+from tests.conftest import pruned_pair_space, write
 
 NAME = "exp_retrain"
 CLASSES = list(load_images("builtin:shapes", 32)[2])  # decoded once per process, reused by the study
-# As tests/test_study.py: trial 0 is a sound recipe; trial 1 warms up with a learning rate too small to
-# learn, so the median pruner stops it at step 0. The backbone weights are a file (a copy of the built-in
-# pretrained tiny_cnn), so the weights fingerprint is a real file hash.
-SPACE = """
-study:
-  name: {name}
-  n_trials: 2
-  seed: 0
-  sampler: {{type: random}}
-  pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 0}}
-params:
-  dataset: builtin:shapes
-  image_size: 32
-  backbone: tiny_cnn
-  weights: {weights}
-  warmup_epochs: 2
-  finetune_epochs: 2
-  warmup_learning_rate: {{choices: [0.01, 1.0e-7]}}
-  freeze: {{choices: [frozen, top_blocks]}}
-  unfreeze_blocks: {{low: 1, high: 2}}
-  optimizer: {{choices: [adam, sgd]}}
-  learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
-enqueue:
-  - {{warmup_learning_rate: 0.01, freeze: top_blocks, unfreeze_blocks: 2, optimizer: adam, learning_rate: 0.001}}
-  - {{warmup_learning_rate: 1.0e-7, freeze: frozen, optimizer: sgd, learning_rate: 0.0001}}
-"""
+# Trial 0 trains (top 2 blocks), trial 1 is pruned (tests/conftest.py: pruned_pair_space). The backbone
+# weights are a file (a copy of the built-in pretrained tiny_cnn), so the weights fingerprint is a real file hash.
+SOUND = "freeze: top_blocks, unfreeze_blocks: 2"
 # Retraining the exported config with the trial's seed: on this 2-core CPU the validation accuracy, the
 # confusion matrix and the whole curve came out bit-identical (difference 0.0 in 9 of 9 retrains of the
 # demo study's trials). The tolerance, 2 of the 100 validation images, leaves room for oneDNN's
@@ -76,7 +53,7 @@ def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     weights = folder / "tiny_cnn.weights.h5"
     shutil.copyfile(pretrained_tiny_cnn(), weights)
-    run_study(load_space(write(folder / "space.yaml", SPACE.format(name=NAME, weights=weights))))
+    run_study(load_space(write(folder / "space.yaml", pruned_pair_space(NAME, weights=weights, sound=SOUND))))
     proc = _run("export", "--study", NAME, "--top", "2")
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name=NAME, storage=f"sqlite:///{studies_dir() / NAME}.db")

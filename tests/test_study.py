@@ -8,41 +8,16 @@ import pytest
 
 from search.space import load_space
 from search.study import run_study
-from tests.conftest import write
+from tests.conftest import pruned_pair_space, write
 
-# Trial 0 is a sound recipe. Trial 1 warms its head up with a learning rate too small to learn anything,
-# so at its first fine-tuning step (2: only fine-tuning epochs are reported) it sits far below trial 0's
-# value and the median pruner (n_startup_trials=1, no warm-up steps) prunes it: pruned by the pruner
-# through the Keras callback, not by an exception of ours.
-SPACE = """
-study:
-  name: {name}
-  n_trials: 3
-  seed: 0
-  sampler: {{type: random}}
-  pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 0}}
-params:
-  dataset: builtin:shapes
-  image_size: 32
-  backbone: tiny_cnn
-  weights: builtin
-  warmup_epochs: 2
-  finetune_epochs: 2
-  warmup_learning_rate: {{choices: [0.01, 1.0e-7]}}
-  freeze: {{choices: [frozen, top_blocks]}}
-  unfreeze_blocks: {{low: 1, high: 2}}
-  optimizer: {{choices: [adam, sgd]}}
-  learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
-enqueue:
-  - {{warmup_learning_rate: 0.01, freeze: frozen, optimizer: adam, learning_rate: 0.001}}
-  - {{warmup_learning_rate: 1.0e-7, freeze: frozen, optimizer: sgd, learning_rate: 0.0001}}
-"""
+# Trial 0 sound, trial 1 pruned by the median pruner; a third trial is sampled (see pruned_pair_space).
+SPACE = pruned_pair_space("tiny", n_trials=3)
 
 
 @pytest.fixture(scope="module")
 def study_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("e2e")
-    space = load_space(write(folder / "tiny.yaml", SPACE.format(name="tiny")))
+    space = load_space(write(folder / "tiny.yaml", SPACE))
     space = space.with_study(storage=f"sqlite:///{folder}/tiny.db")
     run_study(space)
     return space, folder
@@ -108,7 +83,7 @@ def test_rerunning_resumes_and_adds_trials(study_run):
 
 def test_changed_space_refuses_to_resume(study_run):
     space, folder = study_run
-    changed = load_space(write(folder / "changed.yaml", SPACE.format(name="tiny").replace("high: 2}", "high: 3}")))
+    changed = load_space(write(folder / "changed.yaml", SPACE.replace("high: 2}", "high: 3}")))
     from search.errors import UserError
     from search.study import open_study
 

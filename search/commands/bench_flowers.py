@@ -14,7 +14,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seeds", type=int, default=3, help="retrain seeds per method (default %(default)s)")
     parser.add_argument("--baseline-size", type=int, default=128, help="image size of the seeds' recipes")
     parser.add_argument("--max-params", type=int, metavar="N",
-                        help="export the best trial whose model has at most N parameters (default: the best)")
+                        help="search only backbones of at most N parameters and export the best trial whose whole "
+                             "model fits (default: no limit)")
     parser.add_argument("--name", help="study name (default flowers-<date-time>, a new study each run)")
 
 
