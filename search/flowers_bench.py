@@ -104,7 +104,15 @@ def _curve_plot(study, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    done = sorted((t for t in study.trials if t.value is not None), key=lambda t: t.datetime_complete)
+    import optuna
+
+    # Optuna gives a pruned trial its last reported value: plot those apart, so the best-so-far line
+    # is the best *completed* trial, the one export picks.
+    def ended(state):
+        return sorted((t for t in study.trials if t.state == state and t.value is not None),
+                      key=lambda t: t.datetime_complete)
+
+    done, pruned = ended(optuna.trial.TrialState.COMPLETE), ended(optuna.trial.TrialState.PRUNED)
     start = min(t.datetime_start for t in study.trials)
     xs, ys, best = [], [], 0.0
     for t in done:
@@ -116,6 +124,10 @@ def _curve_plot(study, path: Path) -> None:
     ax = fig.add_subplot()
     ax.step(xs, ys, where="post")
     ax.scatter(xs, [t.value for t in done], s=8, alpha=0.4, label="completed trials")
+    if pruned:
+        ax.scatter([(t.datetime_complete - start).total_seconds() / 60 for t in pruned],
+                   [t.value for t in pruned], s=10, marker="x", color="grey", alpha=0.5,
+                   label="pruned (value when pruned)")
     ax.set(xlabel="minutes", ylabel="validation accuracy", title="best validation accuracy so far")
     ax.legend(loc="lower right")
     fig.tight_layout()
