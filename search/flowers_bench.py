@@ -10,6 +10,7 @@ confusion matrix and best validation accuracy against time. Everything goes thro
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
@@ -99,35 +100,37 @@ def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baselin
     return write_report(study, name, runs, search_s, total_s, budget_s, data)
 
 
+def best_so_far(study):
+    """(completed, pruned, best): each as (minutes since the study started, value) pairs; `best` is the running
+    maximum over completed trials only. Optuna gives a pruned trial its last reported value, and export picks
+    from completed trials, so pruned ones are kept apart."""
+    import optuna
+
+    start = min(t.datetime_start for t in study.trials)
+
+    def ended(state):
+        trials = sorted((t for t in study.trials if t.state == state and t.value is not None),
+                        key=lambda t: t.datetime_complete)
+        return [((t.datetime_complete - start).total_seconds() / 60, t.value) for t in trials]
+
+    done = ended(optuna.trial.TrialState.COMPLETE)
+    best = list(zip([m for m, _ in done], itertools.accumulate((v for _, v in done), max)))
+    return done, ended(optuna.trial.TrialState.PRUNED), best
+
+
 def _curve_plot(study, path: Path) -> None:
     """Best validation accuracy so far against minutes since the study started."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    import optuna
-
-    # Optuna gives a pruned trial its last reported value: plot those apart, so the best-so-far line
-    # is the best *completed* trial, the one export picks.
-    def ended(state):
-        return sorted((t for t in study.trials if t.state == state and t.value is not None),
-                      key=lambda t: t.datetime_complete)
-
-    done, pruned = ended(optuna.trial.TrialState.COMPLETE), ended(optuna.trial.TrialState.PRUNED)
-    start = min(t.datetime_start for t in study.trials)
-    xs, ys, best = [], [], 0.0
-    for t in done:
-        best = max(best, t.value)
-        xs.append((t.datetime_complete - start).total_seconds() / 60)
-        ys.append(best)
+    done, pruned, best = best_so_far(study)
     fig = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.step(xs, ys, where="post")
-    ax.scatter(xs, [t.value for t in done], s=8, alpha=0.4, label="completed trials")
+    ax.step(*zip(*best), where="post")
+    ax.scatter(*zip(*done), s=8, alpha=0.4, label="completed trials")
     if pruned:
-        ax.scatter([(t.datetime_complete - start).total_seconds() / 60 for t in pruned],
-                   [t.value for t in pruned], s=10, marker="x", color="grey", alpha=0.5,
-                   label="pruned (value when pruned)")
+        ax.scatter(*zip(*pruned), s=10, marker="x", color="grey", alpha=0.5, label="pruned (value when pruned)")
     ax.set(xlabel="minutes", ylabel="validation accuracy", title="best validation accuracy so far")
     ax.legend(loc="lower right")
     fig.tight_layout()
