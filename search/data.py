@@ -25,12 +25,29 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a split's images come from: rows `index` of the concatenation of `bases`. Splits cut from one
+    array (cross-validation folds) share their bases, so the frozen part's outputs are computed once per
+    base image and sliced per fold (search.train), never once per fold."""
+
+    bases: tuple  # of uint8 image arrays that live for the process (their hashes are memoised by id)
+    index: np.ndarray  # int64 rows into np.concatenate(bases)
+
+
+@dataclass(frozen=True)
 class Split:
     images: np.ndarray  # uint8 [N, size, size, 3]
     labels: np.ndarray  # int32 [N]
+    origin: Origin | None = None  # set for folds: images == concatenate(origin.bases)[origin.index]
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def subset(split: Split, index: np.ndarray) -> Split:
+    """Rows `index` of a split, remembering that they come from it (see Origin)."""
+    index = np.asarray(index, dtype=np.int64)
+    return Split(split.images[index], split.labels[index], Origin((split.images,), index))
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,13 @@ def with_mirrors(split: Split) -> Split:
     """The split followed by its left-right mirror images (`augment: mirror`), built once per split object.
 
     A fixed augmentation: unlike random layers, the frozen part's outputs for these images can be cached,
-    so a trial costs about twice a plain one instead of every epoch going through the whole backbone."""
+    so a trial costs about twice a plain one instead of every epoch going through the whole backbone.
+    A fold (a split with an Origin) gets the mirrors of its base instead, so every fold shares them."""
+    if split.origin is not None and len(split.origin.bases) == 1:
+        base = split.origin.bases[0]
+        index = np.concatenate([split.origin.index, split.origin.index + len(base)])
+        return Split(np.concatenate([split.images, split.images[:, :, ::-1]]),
+                     np.concatenate([split.labels, split.labels]), Origin((base, mirror_images(base)), index))
     entry = _mirrored.get(id(split.images))
     if entry is not None and entry[0]() is split.images:
         return entry[1]
@@ -177,6 +200,31 @@ def with_mirrors(split: Split) -> Split:
     _mirrored.clear()  # one at a time: a doubled 224 px split is hundreds of MB
     _mirrored[key] = (weakref.ref(split.images, lambda _, k=key: _mirrored.pop(k, None)), doubled)
     return doubled
+
+
+_mirror_images: dict[int, tuple[weakref.ref, np.ndarray]] = {}
+
+
+def mirror_images(images: np.ndarray) -> np.ndarray:
+    """The left-right mirror of an image array, built once per array object (a fold base's mirrors)."""
+    entry = _mirror_images.get(id(images))
+    if entry is not None and entry[0]() is images:
+        return entry[1]
+    mirrored = np.ascontiguousarray(images[:, :, ::-1])
+    key = id(images)
+    _mirror_images.clear()  # one base at a time, as for with_mirrors
+    _mirror_images[key] = (weakref.ref(images, lambda _, k=key: _mirror_images.pop(k, None)), mirrored)
+    return mirrored
+
+
+@functools.lru_cache(maxsize=2)
+def load_pool(spec: str, image_size: int, fractions: tuple, seed: int) -> Split:
+    """Every non-test image (train + validation of the split) as one array, in index order: what
+    cross-validation folds and the final refit use. The test part is the same as load_split's."""
+    images, labels, _ = load_images(spec, image_size)
+    train, val, _ = split_indices(labels, fractions, seed)
+    idx = np.sort(np.concatenate([train, val]))
+    return Split(images[idx], labels[idx])
 
 
 def make_dataset(split: Split, num_classes: int, batch_size: int, shuffle: bool, seed: int = 0):

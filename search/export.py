@@ -181,6 +181,9 @@ def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: 
                   if k in a}
     validation.update({k: a[k] for k in ("initial_val_accuracy", "train_accuracy", "params_total",
                                          "params_trainable", "seconds_per_epoch", "seconds_total") if k in a})
+    # cross-validated: the value is a fold mean; retrain's refit on all non-test images reads refit_epochs
+    cv = {"folds": a["cv_folds"], "fold_values": a["cv_fold_values"], "std": a["cv_std"],
+          "best_epochs": a["cv_best_epochs"]} if a.get("cv_folds") else None
     return {
         "study": {"name": study.study_name},
         # every TrialConfig field, seed included: retraining replays exactly this trial
@@ -194,6 +197,8 @@ def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: 
             **({"cost": {cost_name(study): cost(trial)}} if cost(trial) is not None else {}),
             "exported_at": datetime.datetime.now().isoformat(timespec="seconds"),
             "validation": validation,
+            **({"cv": cv} if cv else {}),
+            **({"refit_epochs": a["refit_epochs"]} if a.get("refit_epochs") is not None else {}),
             "versions": library_versions(),
             "dataset": dataset_fingerprint(cfg),
             "weights": weights_fingerprint(cfg),
@@ -211,7 +216,9 @@ def _check_trial_data(cfg: TrialConfig, trial: optuna.trial.FrozenTrial) -> None
         raise UserError(f"dataset {cfg.dataset!r} no longer has trial {trial.number}'s classes "
                         f"({', '.join(stored)}); it has {', '.join(classes)}")
     matrix = trial.user_attrs.get("val_confusion_matrix")
-    val = split_indices(labels, cfg.split, cfg.split_seed)[1]
+    train, val, _ = split_indices(labels, cfg.split, cfg.split_seed)
+    if trial.user_attrs.get("cv_folds"):  # out-of-fold predictions: every non-test image once
+        val = np.concatenate([train, val])
     if matrix and [sum(row) for row in matrix] != np.bincount(labels[val], minlength=len(classes)).tolist():
         raise UserError(f"dataset {cfg.dataset!r} changed since trial {trial.number}: its validation split "
                         f"has other per-class counts than the trial's")
@@ -223,8 +230,9 @@ def best_file(folder: Path, rank: int) -> Path:
 
 HEADER = """\
 # Exported by `python -m search export` from study {study!r}, trial {trial} (rank {rank}, validation accuracy
-# {value:.4f}). A space file with every param fixed: `make retrain CONFIG=<this file>` replays the trial
-# through the same load_space/sample/train path. `exported:` is metadata that retrain checks, not a setting.
+# {value:.4f}{spread}). A space file with every param fixed: `make retrain CONFIG=<this file>` fits it on every
+# non-test image for `exported.refit_epochs`; ARGS="--fit train" replays the trial's own train/validation fit.
+# `exported:` is metadata that retrain checks, not a setting.
 {extra}"""
 
 
@@ -272,7 +280,10 @@ def export(name: str, storage: str | None = None, top: int = 1, pick: str = "bes
         path = best_file(folder, rank)
         extra = "" if cost(trial) is None else \
             f"# Picked by --pick {pick}; {cost_name(study)} {format_cost(cost_name(study), cost(trial))}.\n"
-        text = HEADER.format(study=name, trial=trial.number, rank=rank, value=accuracy(trial), extra=extra)
+        a = trial.user_attrs
+        spread = f" ± {a['cv_std']:.4f} over {a['cv_folds']} folds" if a.get("cv_folds") else ", one split"
+        text = HEADER.format(study=name, trial=trial.number, rank=rank, value=accuracy(trial), spread=spread,
+                             extra=extra)
         path.write_text(text + yaml.safe_dump(doc, sort_keys=False, width=110))
         written.append(path)
     csv = folder / "trials.csv"

@@ -1,4 +1,10 @@
-"""The Optuna objective: sample a TrialConfig, fine-tune it, report, record everything on the trial."""
+"""The Optuna objective: sample a TrialConfig, fine-tune it, report, record everything on the trial.
+
+With K folds (the study's FOLDS_ATTR, search/folds.py) a trial is K trainings and its value their mean
+validation accuracy. Pruning races across folds: inside fold 1 every fine-tuning epoch is reported at
+step = epoch, as for a single split; after fold i (0-based) the running mean over folds 0..i is reported at
+step = fold_step0 + i, past every epoch step, so steps only grow and a trial hopeless on fold 1 stops there.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +18,24 @@ from optuna_integration import KerasPruningCallback
 from search import signals
 from search.config import TrialConfig
 from search.cost import architecture, measure
+from search.crossval import CVResult, cross_validate
 from search.data import load_search_data
 from search.errors import TrialError, UserError
+from search.folds import best_finetune_epochs
 from search.space import Space, sample
 from search.train import TrainResult, train
+
+
+FOLDS_ATTR = "cv_folds"  # study user attr: K, fixed when the study is created (absent: made before folds, 1)
 
 
 def search_data_for(cfg: TrialConfig):
     """Train and validation parts for a config (decoded once per process, see search.data)."""
     return load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
+
+
+def study_folds(study: optuna.Study) -> int:
+    return int(study.user_attrs.get(FOLDS_ATTR, 1))
 
 
 class Objective:
@@ -34,26 +49,41 @@ class Objective:
     def __init__(self, space: Space, reporters=()):
         self.space = space
         self.reporters = list(reporters)
+        # the first fold-level step: past every epoch step any trial of this space can report
+        self.fold_step0 = max(space.values("warmup_epochs")) + max(space.values("finetune_epochs"))
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg = sample(trial, self.space)
         trial.set_user_attr("config", cfg.to_dict())
         data = search_data_for(cfg)
+        folds = study_folds(trial.study)
         curve: list[dict] = []
         result = None
         callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal()) if c is not None]
         try:
-            result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve)
-            record_result(trial, result)
+            if folds > 1:
+                cv = cross_validate(cfg, folds, lambda i: callbacks if i == 0 else self._later_fold_callbacks(cfg),
+                                    curve, lambda i, values: self._race(trial, i, folds, values))
+                result = cv.result
+                record_result(trial, result)
+                record_cv(trial, cv)
+            else:
+                result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve)
+                record_result(trial, result)
+                trial.set_user_attr("refit_epochs", best_finetune_epochs(curve, cfg.warmup_epochs))
             cost_name = self.space.study.cost
             if cost_name is None:
                 return result.metrics["accuracy"]
             spent = self._cost(trial, cost_name, result.model, cfg.image_size)
             trial.set_user_attr(cost_name, spent)
             return result.metrics["accuracy"], spent
+        except FoldPruned as exc:
+            trial.set_user_attr("ended", f"pruned {exc}")
+            raise
         except optuna.TrialPruned as exc:
             why = f": {exc}" if isinstance(exc, BelowFloor) else ""
-            trial.set_user_attr("ended", f"pruned after epoch {curve[-1]['epoch'] if curve else 0}{why}")
+            fold = " of fold 1" if folds > 1 else ""
+            trial.set_user_attr("ended", f"pruned after epoch {curve[-1]['epoch'] if curve else 0}{fold}{why}")
             raise
         except TrialError as exc:
             trial.set_user_attr("ended", f"failed: {exc}")
@@ -88,6 +118,21 @@ class Objective:
                 return done.user_attrs["latency_ms"]
         return measure(name, model, image_size)
 
+    def _later_fold_callbacks(self, cfg: TrialConfig) -> list:
+        """Folds 2..K: no per-epoch report (those steps belong to fold 1); a floor still applies per epoch."""
+        floor = self._pruning(None, cfg) if self.space.study.cost is not None else None
+        return [c for c in (floor, StopOnSignal()) if c is not None]
+
+    def _race(self, trial: optuna.Trial, fold: int, folds: int, values: list[float]) -> None:
+        """After fold `fold`: record the folds so far (a pruned trial keeps them) and report their mean."""
+        mean = sum(values) / len(values)
+        trial.set_user_attr("cv_fold_values", [round(v, 5) for v in values])
+        if self.space.study.cost is not None or fold == folds - 1:
+            return  # multi-objective: Optuna cannot prune; the last fold: the value itself follows
+        trial.report(mean, step=self.fold_step0 + fold)
+        if trial.should_prune():
+            raise FoldPruned(f"after fold {fold + 1} of {folds}: mean val_accuracy {mean:.4f} so far")
+
     def _pruning(self, trial: optuna.Trial, cfg: TrialConfig):
         if self.space.study.cost is None:
             return FineTunePruning(trial, first_epoch=cfg.warmup_epochs if cfg.finetune_epochs > 0 else 0)
@@ -117,6 +162,10 @@ class FineTunePruning(KerasPruningCallback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch >= self.first_epoch:
             super().on_epoch_end(epoch, logs)
+
+
+class FoldPruned(optuna.TrialPruned):
+    """Pruned between folds: the running mean over the folds so far lost the race (message says where)."""
 
 
 class BelowFloor(optuna.TrialPruned):
@@ -160,6 +209,15 @@ def record_result(trial: optuna.Trial, result: TrainResult) -> None:
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         "seconds_total": round(result.seconds_total, 3),
     }
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)
+
+
+def record_cv(trial: optuna.Trial, cv: CVResult) -> None:
+    """Fold values, their mean ± std and the refit's epoch count, where the dashboard and export read them."""
+    mean, std = cv.mean_std
+    attrs = {"cv_folds": len(cv.fold_values), "cv_fold_values": [round(v, 5) for v in cv.fold_values],
+             "cv_mean": mean, "cv_std": std, "cv_best_epochs": cv.best_epochs, "refit_epochs": cv.refit_epochs}
     for key, value in attrs.items():
         trial.set_user_attr(key, value)
 

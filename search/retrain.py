@@ -1,10 +1,14 @@
 """Retrain an exported config (best.yaml) into a saved model, and evaluate it once on the test split.
 
-The recipe is the trial's own: `load_space` + `sample(FixedTrial({}))` give the TrialConfig, `train`
-fits it on the train split with the validation split for phase 2's early stopping, exactly as in the
-study. So retraining with the exported seed reproduces the trial (up to CPU floating-point noise), and
-the test split, which no trial ever saw, is used once, for the final report. Training on train+val
-would need a fixed epoch count instead of early stopping and could not be checked against the trial.
+The recipe is the trial's own: `load_space` + `sample(FixedTrial({}))` give the TrialConfig. Two fits:
+  all    (the default) the model that ships: every non-test image (train + validation), for the number of
+         fine-tuning epochs the search chose (`exported.refit_epochs`: the median over the folds of the epoch
+         of best validation accuracy, or the single split's). A config without it (a hand recipe) gets it
+         the same way from one train/validation fit first. No validation split is left, so no early stopping.
+  train  today's trial replay: the train split, the validation split for phase 2's early stopping, so
+         retraining with the exported seed reproduces a single-split trial (up to CPU floating-point noise).
+Either way the test split, which no trial ever saw, is used once, at the end, for the report. The report
+also gives the selection optimism: the study's value of the trial minus the retrained test accuracy.
 
 Each call writes a new folder studies/<study>/retrain/run-N/ (never an existing one):
   config.yaml                  the exact file retrained
@@ -29,8 +33,11 @@ import yaml
 
 from search.config import TrialConfig, studies_dir
 from search.errors import UserError
+from search.folds import best_finetune_epochs, selection_optimism
 
 METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+FITS = {"all": "train + validation (every non-test image) for the search's epoch count, test split once",
+        "train": "train split, validation split for early stopping (as in a single-split trial), test split once"}
 
 
 def load_config(path: str | Path, overrides=()):
@@ -60,14 +67,17 @@ def new_run_dir(parent: Path) -> Path:
             n += 1
 
 
-def retrain(config_path: str | Path, seeds: int = 1, overrides=()) -> Path:
+def retrain(config_path: str | Path, seeds: int = 1, overrides=(), fit: str = "all") -> Path:
     """Retrain the config with seeds seed, seed+1, ...; returns the run folder. `overrides` ("param=value",
-    e.g. augment=none) change the config for this run only; its config.yaml records the result."""
-    from search.data import load_search_data, load_split
+    e.g. augment=none) change the config for this run only; its config.yaml records the result. `fit`: a
+    key of FITS."""
+    from search.data import load_pool, load_search_data, load_split
     from search.export import check_fingerprints, library_versions
 
     if seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {seeds}")
+    if fit not in FITS:
+        raise UserError(f"--fit {fit!r}; valid: {', '.join(FITS)}")
     if not Path(config_path).is_file():
         raise UserError(f"config {str(config_path)!r} not found (`make export STUDY=<name>` writes one)")
     space, cfg = load_config(config_path, overrides)
@@ -86,15 +96,28 @@ def retrain(config_path: str | Path, seeds: int = 1, overrides=()) -> Path:
         (run / "config.yaml").write_text(yaml.safe_dump(space.raw, sort_keys=False))
     else:
         shutil.copyfile(config_path, run / "config.yaml")
-    print(f"retraining {config_path} into {run}: train {len(data.train)} images, validation "
-          f"{len(data.val)} (early stopping), test {len(test)} (evaluated once)", flush=True)
-    records = []
+    records, refit = [], {}
     try:
+        if fit == "all":
+            pool = load_pool(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
+            refit = refit_plan(cfg, exported, data)
+            print(f"retraining {config_path} into {run}: train + validation {len(pool)} images for "
+                  f"{cfg.warmup_epochs} warm-up + {refit['epochs']} fine-tuning epochs ({refit['from']}), "
+                  f"test {len(test)} (evaluated once)", flush=True)
+        else:
+            print(f"retraining {config_path} into {run}: train {len(data.train)} images, validation "
+                  f"{len(data.val)} (early stopping), test {len(test)} (evaluated once)", flush=True)
         for i in range(seeds):
-            records.append(_one_seed(dataclasses.replace(cfg, seed=cfg.seed + i), data, test, run))
+            seed_cfg = dataclasses.replace(cfg, seed=cfg.seed + i)
+            if fit == "all":
+                seed_cfg = dataclasses.replace(seed_cfg, finetune_epochs=refit["epochs"], early_stopping_patience=0)
+                records.append(_one_seed(seed_cfg, pool, None, data.class_names, test, run))
+            else:
+                records.append(_one_seed(seed_cfg, data.train, data.val, data.class_names, test, run))
             r = records[-1]
-            print(f"seed {r['seed']}: test accuracy {r['test']['accuracy']:.4f}, validation accuracy "
-                  f"{r['validation']['accuracy']:.4f}, {r['train_seconds']:.1f}s", flush=True)
+            val = f", validation accuracy {r['validation']['accuracy']:.4f}" if r["validation"] else ""
+            print(f"seed {r['seed']}: test accuracy {r['test']['accuracy']:.4f}{val}, {r['train_seconds']:.1f}s",
+                  flush=True)
     except BaseException:
         if not records:  # nothing worth keeping: leave no empty run folder behind
             shutil.rmtree(run, ignore_errors=True)
@@ -105,8 +128,12 @@ def retrain(config_path: str | Path, seeds: int = 1, overrides=()) -> Path:
         "source_config": str(config_path),
         "overrides": list(overrides),
         "created_at": datetime.datetime.now().isoformat(timespec="seconds"),
-        "recipe": "train split, validation split for early stopping (as in the trial), test split once",
+        "fit": fit,
+        "recipe": FITS[fit],
+        **({"refit_epochs": refit["epochs"], "refit_epochs_from": refit["from"]} if refit else {}),
         "trial_validation_accuracy": (exported.get("validation") or {}).get("accuracy"),
+        "trial_validation_std": (exported.get("cv") or {}).get("std"),
+        "trial_folds": (exported.get("cv") or {}).get("folds", 1 if exported else None),
         "config": cfg.to_dict(),
         "class_names": list(data.class_names),
         "counts": {"train": len(data.train), "val": len(data.val), "test": len(test)},
@@ -114,6 +141,9 @@ def retrain(config_path: str | Path, seeds: int = 1, overrides=()) -> Path:
         "summary": summarize(records),
         "seeds": records,
     }
+    if report["trial_validation_accuracy"] is not None:
+        report["selection_optimism"] = selection_optimism(report["trial_validation_accuracy"],
+                                                          [r["test"]["accuracy"] for r in records])
     (run / "report.json").write_text(json.dumps(report, indent=1))
     (run / "report.md").write_text(render_markdown(report, run.name))
     return run
@@ -126,7 +156,27 @@ def _warn_versions(then: dict, now: dict) -> None:
               f"results may not match the trial", flush=True)
 
 
-def _one_seed(cfg: TrialConfig, data, test, run: Path) -> dict:
+def refit_plan(cfg: TrialConfig, exported: dict, data) -> dict:
+    """{"epochs": fine-tuning epochs of the refit on all non-test images, "from": where that number comes from}:
+    the study's choice when the config was exported from one, else one train/validation fit of this config
+    (its early stopping picks the epoch, as a trial's would)."""
+    from search.train import train
+
+    if exported.get("refit_epochs") is not None:
+        folds = (exported.get("cv") or {}).get("folds", 1)
+        how = (f"median over {folds} folds of the epoch of best validation accuracy" if folds > 1
+               else "the trial's epoch of best validation accuracy")
+        return {"epochs": int(exported["refit_epochs"]), "from": f"the search: {how}"}
+    if cfg.finetune_epochs == 0:
+        return {"epochs": 0, "from": "no fine-tuning phase"}
+    result = train(cfg, data.train, data.val, list(data.class_names))
+    epochs = best_finetune_epochs(result.curve, cfg.warmup_epochs)
+    return {"epochs": epochs, "from": f"one train/validation fit (seed {cfg.seed}): epoch of best validation "
+                                      f"accuracy"}
+
+
+def _one_seed(cfg: TrialConfig, train_split, val_split, class_names, test, run: Path) -> dict:
+    """Fit one seed (val_split None: no validation, fixed epochs), save it, then test the saved file once."""
     import keras
 
     from search.metrics import classification_metrics
@@ -134,8 +184,8 @@ def _one_seed(cfg: TrialConfig, data, test, run: Path) -> dict:
 
     keras.backend.clear_session()
     gc.collect()
-    names = list(data.class_names)
-    result = train(cfg, data.train, data.val, names)
+    names = list(class_names)
+    result = train(cfg, train_split, val_split, names)
     folder = run / f"seed-{cfg.seed}"
     folder.mkdir()
     model_path = folder / "model.keras"
@@ -157,7 +207,8 @@ def _one_seed(cfg: TrialConfig, data, test, run: Path) -> dict:
         "train_seconds": round(result.seconds_total, 2),
         "seconds_per_epoch": round(result.seconds_per_epoch, 3),
         "epochs_run": len(result.curve),
-        "validation": {k: result.metrics[k] for k in METRICS},
+        "train_images": len(train_split),
+        "validation": {k: result.metrics[k] for k in METRICS} if result.metrics else None,
         "test": test_metrics,
         "curve": result.curve,
     }
@@ -167,6 +218,8 @@ def summarize(records: list[dict]) -> dict:
     """Mean and sample standard deviation (ddof=1; 0 for a single seed) of each test metric."""
     out = {}
     for part in ("test", "validation"):
+        if any(r[part] is None for r in records):
+            continue  # a fit on all non-test images has no validation part
         for key in METRICS:
             values = np.array([r[part][key] for r in records])
             out[f"{part}_{key}"] = {"mean": float(values.mean()),
@@ -247,11 +300,12 @@ def render_markdown(report: dict, run_name: str) -> str:
         + (f", with --set {' '.join(report['overrides'])})" if report.get("overrides") else ")"),
         f"- backbone: {c['backbone']} (weights {c['weights']}), {c['image_size']} px, "
         f"freeze {c['freeze']}{unfreeze}, train_bn {c['train_bn']}",
-        f"- training: {c['warmup_epochs']} warm-up + up to {c['finetune_epochs']} fine-tuning epochs, "
-        f"{c['optimizer']} lr {c['learning_rate']:.3g}, dropout {c['dropout']:.3g}, batch {c['batch_size']}",
-        f"- data: `{c['dataset']}`, {len(report['class_names'])} classes; trained on train ({counts['train']}) "
-        f"with validation ({counts['val']}) for early stopping, as in the trial; evaluated once on test "
-        f"({counts['test']}), which the study never saw",
+        f"- training: {c['warmup_epochs']} warm-up + " + (f"{report['refit_epochs']}" if report.get("fit") == "all"
+                                                           else f"up to {c['finetune_epochs']}")
+        + f" fine-tuning epochs, {c['optimizer']} lr {c['learning_rate']:.3g}, dropout {c['dropout']:.3g}, "
+        f"batch {c['batch_size']}",
+        f"- data: `{c['dataset']}`, {len(report['class_names'])} classes; " + _fit_line(report)
+        + f"; evaluated once on test ({counts['test']}), which the study never saw",
         "",
         f"## Test metrics ({len(report['seeds'])} seed{'s' if len(report['seeds']) > 1 else ''})",
         "",
@@ -261,16 +315,26 @@ def render_markdown(report: dict, run_name: str) -> str:
     ]
     for r in report["seeds"]:
         t = r["test"]
+        val = f"{r['validation']['accuracy']:.4f}" if r.get("validation") else "—"
         lines.append(f"| {r['seed']} | {t['accuracy']:.4f} | {t['macro_precision']:.4f} | {t['macro_recall']:.4f} "
-                     f"| {t['macro_f1']:.4f} | {r['validation']['accuracy']:.4f} | {r['epochs_run']} "
+                     f"| {t['macro_f1']:.4f} | {val} | {r['epochs_run']} "
                      f"| {r['train_seconds']:.1f} | {r['model_bytes'] / 1e6:.2f} MB |")
     if len(report["seeds"]) > 1:
+        val = _pm(s["validation_accuracy"]) if "validation_accuracy" in s else "—"
         lines.append(f"| mean ± std | {_pm(s['test_accuracy'])} | {_pm(s['test_macro_precision'])} "
                      f"| {_pm(s['test_macro_recall'])} | {_pm(s['test_macro_f1'])} "
-                     f"| {_pm(s['validation_accuracy'])} | | | |")
+                     f"| {val} | | | |")
     lines.append("")
-    if report.get("trial_validation_accuracy") is not None:
-        first = report["seeds"][0]
+    if report.get("selection_optimism") is not None:
+        folds, std = report.get("trial_folds") or 1, report.get("trial_validation_std")
+        value = f"{report['trial_validation_accuracy']:.4f}" + (f" ± {std:.4f} over {folds} folds" if folds > 1
+                                                               else " (one validation split)")
+        lines += [f"**Selection optimism: {report['selection_optimism'] * 100:+.1f} points.** The study's value "
+                  f"of trial {report['trial']} was {value}; the retrained test accuracy is "
+                  f"{s['test_accuracy']['mean']:.4f} (mean of {len(report['seeds'])} seed(s)). Positive: the "
+                  f"search overstated what this model delivers.", ""]
+    first = report["seeds"][0]
+    if report.get("trial_validation_accuracy") is not None and first.get("validation"):
         lines += [f"Validation accuracy of trial {report['trial']} in the study: "
                   f"{report['trial_validation_accuracy']:.4f}; retrained with its seed {first['seed']}: "
                   f"{first['validation']['accuracy']:.4f}.", ""]
@@ -280,6 +344,14 @@ def render_markdown(report: dict, run_name: str) -> str:
     for r in report["seeds"]:
         lines += _seed_section(r, report["class_names"])
     return "\n".join(lines) + "\n"
+
+
+def _fit_line(report: dict) -> str:
+    counts = report["counts"]
+    if report.get("fit") == "all":
+        return (f"trained on train + validation ({counts['train'] + counts['val']} images, epochs from "
+                f"{report['refit_epochs_from']})")
+    return f"trained on train ({counts['train']}) with validation ({counts['val']}) for early stopping, as in a trial"
 
 
 def _seed_section(r: dict, names: list[str]) -> list[str]:

@@ -3,7 +3,8 @@
 A space has three sections (README: "Search spaces"):
   study:   name, storage, n_trials, timeout, seed, sampler, pruner   (how Optuna runs),
            objectives: [accuracy] (default) or [accuracy, latency_ms | params | size_mb] (a Pareto study),
-           rank: {top_k, enqueue} (LogME ranking of the backbones when the study is created)
+           rank: {top_k, enqueue} (LogME ranking of the backbones when the study is created),
+           validation: {folds: auto | K} (K-fold cross-validated trials; auto: search/folds.py decides)
   params:  any TrialConfig field, either fixed (a plain value) or sampled:
              {choices: [...]}                       categorical
              {low: L, high: H, log: true, step: S}  int or float, by the field's type
@@ -60,7 +61,8 @@ PRUNERS = {
 MULTI_PRUNERS = ("threshold", "none")
 STUDY_KEYS = {"name": str, "storage": str, "n_trials": int, "timeout": (int, float), "seed": int,
               "sampler": dict, "pruner": dict, "objectives": list,
-              "rank": dict}  # LogME ranking when the study is created: search/prerank.py
+              "rank": dict,  # LogME ranking when the study is created: search/prerank.py
+              "validation": dict}  # {folds: auto | K}: cross-validated trials, search/folds.py
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,7 @@ class StudySettings:
     pruner: dict = field(default_factory=lambda: {"type": "median"})
     objectives: tuple = ("accuracy",)  # or ("accuracy", cost): a multi-objective (Pareto) study
     rank: dict | None = None  # {top_k, enqueue}: LogME ranking when the study is created (search/prerank.py)
+    validation: dict = field(default_factory=lambda: {"folds": "auto"})  # K-fold trials (search/folds.py)
 
     @property
     def storage_url(self) -> str:
@@ -240,8 +243,21 @@ def _parse_study(data: Any, fail) -> StudySettings:
     if pruner["type"] == "threshold" and not 0 <= pruner.get("lower", -1) <= 1:
         fail("study.pruner.lower", "threshold needs lower: the validation accuracy (0 to 1) below which a trial "
                                    "is pruned")
+    validation = _parse_validation(data.get("validation"), fail)
     settings = {k: v for k, v in data.items() if v is not None}
-    return StudySettings(**{**settings, "objectives": objectives, "pruner": pruner})
+    return StudySettings(**{**settings, "objectives": objectives, "pruner": pruner, "validation": validation})
+
+
+def _parse_validation(value, fail) -> dict:
+    """{folds: auto} (the default) or {folds: K}, K >= 1 (1: a single train/validation split)."""
+    value = dict(value or {})
+    unknown = set(value) - {"folds"}
+    if unknown:
+        fail(f"study.validation.{sorted(unknown)[0]}", "unknown key; valid: folds")
+    folds = value.get("folds", "auto")
+    if folds != "auto" and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 1):
+        fail("study.validation.folds", f"expected auto or a whole number >= 1, got {folds!r}")
+    return {"folds": folds}
 
 
 def _parse_objectives(value, fail) -> tuple:

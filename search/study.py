@@ -12,7 +12,8 @@ from tqdm import tqdm
 from search import prerank
 from search.backbones import build_backbone, get_backbone
 from search.errors import TrialError, UserError
-from search.objective import Objective, StopAfterFailures
+from search.folds import choose_folds
+from search.objective import FOLDS_ATTR, Objective, StopAfterFailures, study_folds
 from search.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
 from search.space import Space, backbone_variants
 from search.storage import Heartbeat, sqlite_timeout
@@ -92,6 +93,7 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(metric_names(space))
         baselines = prerank.on_new_study(study, space)  # study.rank: LogME ranking, once, before any trial
+        study.set_user_attr(FOLDS_ATTR, resolve_folds(space))  # before the space: a study with one has both
         study.set_user_attr(SPACE_ATTR, space.raw)
         for params in baselines:  # baselines first, once, when the study is new
             study.enqueue_trial(params, skip_if_exists=True)
@@ -101,7 +103,32 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
         raise UserError(
             f"study {space.study.name!r} in {space.study.storage_url} was made from a different space "
             f"(params differ: {', '.join(changed)}); resume it with its own space or pick a new study.name")
+    asked = space.study.validation["folds"]
+    if stored is not None and asked != "auto" and asked != study_folds(study):
+        raise UserError(f"study {space.study.name!r} in {space.study.storage_url} validates with "
+                        f"{study_folds(study)} fold(s), this space asks for {asked}; its trials' values would not "
+                        f"compare: resume it without study.validation or pick a new study.name")
     return study
+
+
+def resolve_folds(space: Space) -> int:
+    """K for a new study, from study.validation.folds and the data (search/folds.py)."""
+    import numpy as np
+
+    from search.data import load_images, split_indices
+
+    _, labels, classes = load_images(space.fixed("dataset"), space.values("image_size")[0])
+    train, val, _ = split_indices(labels, space.fixed("split"), space.fixed("split_seed"))
+    counts = np.bincount(labels[np.concatenate([train, val])], minlength=len(classes))
+    return choose_folds(space.study.validation["folds"], len(val), dict(zip(classes, counts.tolist())))
+
+
+def describe_validation(study: optuna.Study, space: Space) -> str:
+    folds = study_folds(study)
+    if folds == 1:
+        return "validation: one train/validation split"
+    return (f"validation: {folds}-fold cross-validation on the non-test images (study.validation.folds: "
+            f"{space.study.validation['folds']}); a trial's value is its mean over the folds")
 
 
 def _check_objectives(study: optuna.Study, space: Space, stored: dict | None) -> None:
@@ -135,6 +162,8 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: st
     """One line per finished trial, instead of Keras's per-batch noise."""
     seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
     value = f"{accuracy(trial):.4f}" if accuracy(trial) is not None else "  -   "
+    if trial.user_attrs.get("cv_std") is not None:  # cross-validated: the fold mean ± std
+        value += f"±{trial.user_attrs['cv_std']:.4f}"
     if is_multi(study):  # no single best: the trial's cost and how many trials the Pareto front holds
         name = cost_name(study)
         spent = format_cost(name, cost(trial)) if cost(trial) is not None else "-"
@@ -190,6 +219,7 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     finished = sum(t.state.is_finished() for t in study.trials)
     print(f"study {space.study.name!r} in {space.study.storage_url}: {finished} finished trial(s) so far, "
           f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
+    print(describe_validation(study, space), flush=True)
     started = time.perf_counter()
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
     study.optimize(Objective(space, reporters), n_trials=n_trials, timeout=timeout, catch=(TrialError,),

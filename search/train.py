@@ -43,6 +43,7 @@ class TrainResult:
     seconds_total: float
     seconds_per_epoch: float
     curve: list[dict] = field(default_factory=list)  # one record per epoch: epoch, phase, seconds, logs
+    predictions: np.ndarray | None = None  # predicted class per image of the evaluation split
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -115,29 +116,53 @@ class _Phase:
         _compile(self.net, optimizer, cfg, steps_per_execution=steps if self.cached else 1)
 
 
-def _phases(cfg: TrialConfig, model: keras.Model, plan: cache.Plan, train_split: Split, eval_split: Split):
+def _frozen_tensors(cfg: TrialConfig, model: keras.Model, plan: cache.Plan, splits: list[Split]) -> list[dict]:
+    """The frozen part's outputs for each split. Splits cut from the same arrays (cross-validation folds,
+    search.data.Origin) get them computed for those whole arrays once, and sliced: K folds cost one
+    backbone pass over the pool, not K."""
+    origins = [s.origin for s in splits]
+    if any(o is None for o in origins):
+        return cache.frozen_outputs(model, plan, [s.images for s in splits], cfg.batch_size)
+    bases = list({id(b): b for o in origins for b in o.bases}.values())
+    outputs = cache.frozen_outputs(model, plan, bases, cfg.batch_size)
+    by_id = {id(b): out for b, out in zip(bases, outputs)}
+    tensors = []
+    for o in origins:
+        parts = [by_id[id(b)] for b in o.bases]
+        tensors.append({name: (np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name])[o.index]
+                        for name in parts[0]})
+    return tensors
+
+
+def _phases(cfg: TrialConfig, model: keras.Model, plan: cache.Plan, train_split: Split, eval_split: Split | None):
     """The networks and inputs of phase 1 and phase 2 (tensors reused, or computed now, once)."""
-    made = {"images": _Phase(model, train_split.images, eval_split.images, cached=False)}
+    made = {"images": _Phase(model, train_split.images, eval_split and eval_split.images, cached=False)}
     if {plan.phase1, plan.phase2} != {"images"}:
-        train_t, eval_t = cache.frozen_outputs(model, plan, [train_split.images, eval_split.images],
-                                               cfg.batch_size)
+        splits = [train_split] if eval_split is None else [train_split, eval_split]
+        train_t, eval_t = (_frozen_tensors(cfg, model, plan, splits) + [{}])[:2]
         if "pool" in train_t:
-            made["features"] = _Phase(cut.head_model(model), train_t["pool"], eval_t["pool"], cached=True)
+            made["features"] = _Phase(cut.head_model(model), train_t["pool"], eval_t.get("pool"), cached=True)
         if "cut" in train_t:
             top = cut.top_model(model, plan.cut, cfg.train_bn)
-            made["cut"] = _Phase(top, train_t["cut"], eval_t["cut"], cached=True)
+            made["cut"] = _Phase(top, train_t["cut"], eval_t.get("cut"), cached=True)
     return made[plan.phase1], made[plan.phase2]
 
 
 def train(
     cfg: TrialConfig,
     train_split: Split,
-    eval_split: Split,
+    eval_split: Split | None,
     class_names,
     callbacks=(),
     curve: list | None = None,
 ) -> TrainResult:
-    """Train `cfg` on train_split, validating per epoch on eval_split; `callbacks` go to both phases."""
+    """Train `cfg` on train_split, validating per epoch on eval_split; `callbacks` go to both phases.
+
+    eval_split None: the final refit on every non-test image (search.retrain), for exactly cfg's epochs:
+    no validation, no early stopping, and a TrainResult without metrics or predictions."""
+    if eval_split is None and cfg.early_stopping_patience > 0:
+        raise ValueError("a fit without a validation split runs a fixed number of epochs: "
+                         "set early_stopping_patience to 0")
     keras.utils.set_random_seed(cfg.seed)
     if cfg.augment == "mirror":
         train_split = with_mirrors(train_split)
@@ -147,22 +172,24 @@ def train(
     started = time.perf_counter()
     try:
         model = build_model(cfg, n_classes)
-        plan = cache.plan_trial(cfg, model, len(train_split) + len(eval_split))
+        plan = cache.plan_trial(cfg, model, len(train_split) + (len(eval_split) if eval_split else 0))
         cache.announce(plan)
         phase1, phase2 = _phases(cfg, model, plan, train_split, eval_split)
+
+        def validation(phase: _Phase):
+            return None if eval_split is None else in_order(phase.eval_x, eval_split.labels, n_classes,
+                                                            cfg.batch_size)
 
         def fit(phase: _Phase, start: int, stop: int, extra: list) -> None:
             batches = epoch_batches(phase.train_x, train_split.labels, n_classes, cfg.batch_size, cfg.seed, start)
             phase.net.fit(batches, steps_per_epoch=steps, initial_epoch=start, epochs=stop, callbacks=extra,
-                          validation_data=in_order(phase.eval_x, eval_split.labels, n_classes, cfg.batch_size),
-                          verbose=0, shuffle=False)
+                          validation_data=validation(phase), verbose=0, shuffle=False)
             _check_finite(curve)
 
         first = phase1 if cfg.warmup_epochs > 0 or cfg.finetune_epochs == 0 else phase2
         first.compile(warmup_optimizer(cfg), cfg, steps)
-        initial_accuracy = float(first.net.evaluate(
-            in_order(first.eval_x, eval_split.labels, n_classes, cfg.batch_size), verbose=0,
-            return_dict=True)["accuracy"])
+        initial_accuracy = float("nan") if eval_split is None else float(first.net.evaluate(
+            validation(first), verbose=0, return_dict=True)["accuracy"])
         last = first
         if cfg.warmup_epochs > 0:
             fit(phase1, 0, cfg.warmup_epochs, [EpochRecorder(curve, 1), *callbacks])
@@ -183,15 +210,16 @@ def train(
             raise TrialError(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
         raise
     seconds = time.perf_counter() - started
-    if last.cached:  # the sub-model on the cached tensors is the full model's function: one pass saved
-        probs = last.net.predict(in_order(last.eval_x, eval_split.labels, n_classes, cfg.batch_size), verbose=0)
-        y_pred = np.argmax(probs, axis=1)
+    if eval_split is None:
+        y_pred = None
+    elif last.cached:  # the sub-model on the cached tensors is the full model's function: one pass saved
+        y_pred = np.argmax(last.net.predict(validation(last), verbose=0), axis=1)
     else:
         y_pred = predict_labels(model, eval_split, n_classes, cfg.batch_size)
     total, trainable = count_params(model)
     return TrainResult(
         model=model,
-        metrics=classification_metrics(eval_split.labels, y_pred, class_names),
+        metrics={} if y_pred is None else classification_metrics(eval_split.labels, y_pred, class_names),
         initial_accuracy=initial_accuracy,
         train_accuracy=curve[-1].get("accuracy", float("nan")) if curve else float("nan"),
         params_total=total,
@@ -199,4 +227,5 @@ def train(
         seconds_total=seconds,
         seconds_per_epoch=float(np.mean([r["seconds"] for r in curve])) if curve else 0.0,
         curve=curve,
+        predictions=y_pred,
     )
