@@ -114,3 +114,9 @@ rank: $(BIN)/.installed
 ## make rank-check STUDY=name: Kendall's tau between LogME and the study's fine-tuned validation accuracies
 rank-check: $(BIN)/.installed
 	$(BIN)/python -m search rank-check --study "$$STUDY" $$ARGS
+
+# --- one split against K folds (search/selection_bench.py): does the study pick the truly better config? ---
+.PHONY: bench-cv
+## make bench-cv [SPACE=spaces/flowers.yaml] [DATA=folder] [WEIGHTS=folder] [ARGS="--budget 300 --study-seeds 3 --top 10"]
+bench-cv: $(BIN)/.installed
+	$(BIN)/python -m search bench-cv --space "$$SPACE" $(if $(filter command line environment,$(origin DATA)),--data "$$DATA") $(if $(filter command line environment,$(origin WEIGHTS)),--weights "$$WEIGHTS") $$ARGS

@@ -136,6 +136,8 @@ class ArtifactReporter:
                 upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
         if result is None:
             save_note(trial, trial_note(trial.number, ended, cfg, curve))
+        elif trial.user_attrs.get("cv_folds"):
+            save_note(trial, cv_note(trial.number, trial.user_attrs))
 
 
 def _ended_by_exception() -> str:
@@ -146,6 +148,19 @@ def _ended_by_exception() -> str:
     if isinstance(exc, optuna.TrialPruned):
         return "pruned"
     return f"failed: {type(exc).__name__}: {exc}"[:500]
+
+
+def cv_note(number: int, attrs: dict) -> str:
+    """A cross-validated trial's value as mean ± std, and each fold's accuracy and best epoch."""
+    values, epochs = attrs["cv_fold_values"], attrs.get("cv_best_epochs") or []
+    lines = [f"## Trial {number}: {attrs['cv_mean']:.4f} ± {attrs['cv_std']:.4f} over {attrs['cv_folds']} folds", "",
+             "The value is the mean validation accuracy over the folds (std: sample std across them). The learning "
+             "curve under Artifacts is fold 1's.", "", "| fold | val accuracy | best fine-tuning epoch |",
+             "| ---: | ---: | ---: |"]
+    lines += [f"| {i + 1} | {v:.4f} | {e} |" for i, (v, e) in enumerate(zip(values, epochs))]
+    lines += ["", f"A final model (`make retrain`) trains on every non-test image for {attrs.get('refit_epochs')} "
+                  "fine-tuning epochs (the median best epoch)."]
+    return "\n".join(lines)
 
 
 def trial_note(number: int, ended: str, cfg, curve: list[dict]) -> str:
@@ -166,7 +181,7 @@ def trial_note(number: int, ended: str, cfg, curve: list[dict]) -> str:
 # ------------------------------------------------------------------------------------------ study note
 
 
-def study_note(space, data) -> str:
+def study_note(space, data, folds: int = 1) -> str:
     """Markdown for the study's note: what is searched, on which data, how it is split."""
     from search.space import Param
 
@@ -185,6 +200,9 @@ def study_note(space, data) -> str:
         f"- dataset: `{space.fixed('dataset')}`",
         f"- split train/val/test {'/'.join(f'{x:g}' for x in split)} (seed {space.fixed('split_seed')}): "
         f"**{len(data.train)} train, {len(data.val)} validation** images; the test part is never seen by the study",
+        f"- validation: " + ("one train/validation split" if folds == 1 else
+                             f"**{folds}-fold cross-validation** over the {len(data.train) + len(data.val)} non-test "
+                             f"images; a trial's value is its fold mean, its note gives the folds"),
         f"- {len(data.class_names)} classes: " + ", ".join(f"`{c}`" for c in data.class_names), "",
         "| class | train | val |", "| --- | ---: | ---: |",
         *(f"| {c} | {t} | {v} |" for c, t, v in zip(data.class_names, train_counts, val_counts)), "",
@@ -220,6 +238,8 @@ def save_study_note(study: optuna.Study, space) -> None:
     data = load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
     from search.prerank import note_section
 
-    body = study_note(space, data) + note_section(study)  # + the LogME ranking, when study.rank made one
+    from search.folds import study_folds
+
+    body = study_note(space, data, study_folds(study)) + note_section(study)  # + the LogME ranking, when study.rank made one
     if get_note(study) != body:
         save_note(study, body)

@@ -33,6 +33,7 @@ COMMANDS = {
     "rank": ("search.commands.rank", "rank a space's backbones by LogME before any fine-tuning"),
     "rank-check": ("search.commands.rank_check", "how well a study's LogME ranking agreed with its accuracies (Kendall's tau)"),
     "bench-flowers": ("search.commands.bench_flowers", "search + export + retrain + the seeds' baselines on real photos"),
+    "bench-cv": ("search.commands.bench_cv", "one validation split against cross-validated trials: winners retrained and tested"),
 }
 
 

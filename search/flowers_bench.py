@@ -75,27 +75,32 @@ def within_params(space, max_params: int, log=print):
     return dataclasses.replace(space, params=params, enqueue=enqueue)
 
 
-def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baseline_size: int,
-        max_trials: int = 10_000, max_params: int | None = None) -> Path:
+def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baseline_size: int = 224,
+        max_trials: int = 10_000, max_params: int | None = None, folds="auto", study_seed: int | None = None,
+        fit: str = "all") -> Path:
+    """folds: study.validation.folds; fit: retrain's --fit, the same for the winner and the baselines."""
     from search.export import export
     from search.retrain import retrain
     from search.space import load_space
     from search.study import run_study
 
     started = time.perf_counter()
-    space = load_space(SPACE, [f"dataset={data}", f"weights={weights}"]).with_study(name=name, timeout=budget_s)
+    sets = [f"dataset={data}", f"weights={weights}", f"study.validation={{folds: {folds}}}"]
+    if study_seed is not None:
+        sets.append(f"study.seed={study_seed}")
+    space = load_space(SPACE, sets).with_study(name=name, timeout=budget_s)
     if max_params is not None:
         space = within_params(space, max_params)
     study = run_study(space, n_trials=max_trials, timeout=budget_s)
     search_s = time.perf_counter() - started
     best_yaml = export(name, top=1, max_params=max_params)[0]
-    runs = {"search winner": retrain(best_yaml, seeds)}
+    runs = {"search winner": retrain(best_yaml, seeds, fit=fit)}
     folder = studies_dir() / name / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
     for label, params in baselines(data, weights, baseline_size).items():
         path = folder / (label.split(":")[1].strip().replace(" ", "_").replace(",", "").replace("+", "") + ".yaml")
         path.write_text(yaml.safe_dump({"study": {"name": name}, "params": params}, sort_keys=False))
-        runs[label] = retrain(path, seeds)
+        runs[label] = retrain(path, seeds, fit=fit)
     total_s = time.perf_counter() - started
     return write_report(study, name, runs, search_s, total_s, budget_s, data)
 
@@ -118,6 +123,21 @@ def best_so_far(study):
     return done, ended(optuna.trial.TrialState.PRUNED), best
 
 
+def best_spread(study) -> list[float]:
+    """For each point of best_so_far's `best`: the fold std of the trial that holds the best value then
+    (0 for a single-split study, which has no spread to show)."""
+    import optuna
+
+    trials = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None),
+                    key=lambda t: t.datetime_complete)
+    spread, holder = [], None
+    for t in trials:
+        if holder is None or t.value > holder.value:
+            holder = t
+        spread.append(float(holder.user_attrs.get("cv_std") or 0.0))
+    return spread
+
+
 def _curve_plot(study, path: Path) -> None:
     """Best validation accuracy so far against minutes since the study started."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -127,14 +147,27 @@ def _curve_plot(study, path: Path) -> None:
     fig = Figure(figsize=(6, 3.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.step(*zip(*best), where="post")
+    ax.step(*zip(*best), where="post", label="best completed trial")
+    spread = best_spread(study)
+    if any(spread):  # cross-validated: the best trial's fold mean ± its std across the folds
+        minutes, values = zip(*best)
+        ax.fill_between(minutes, [v - s for v, s in zip(values, spread)], [v + s for v, s in zip(values, spread)],
+                        step="post", alpha=0.2, label="± fold std of the best")
     ax.scatter(*zip(*done), s=8, alpha=0.4, label="completed trials")
     if pruned:
         ax.scatter(*zip(*pruned), s=10, marker="x", color="grey", alpha=0.5, label="pruned (value when pruned)")
-    ax.set(xlabel="minutes", ylabel="validation accuracy", title="best validation accuracy so far")
+    ax.set(xlabel="minutes", ylabel="validation accuracy" + (" (fold mean)" if any(spread) else ""),
+           title="best validation accuracy so far")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _validation_words(study) -> str:
+    from search.folds import study_folds
+
+    k = study_folds(study)
+    return "one train/validation split" if k == 1 else f"{k}-fold cross-validation (value: fold mean ± std)"
 
 
 def write_report(study, name, runs: dict[str, Path], search_s, total_s, budget_s, data) -> Path:
@@ -152,18 +185,25 @@ def write_report(study, name, runs: dict[str, Path], search_s, total_s, budget_s
         f"command {total_s / 60:.1f} min. Trials: {count[optuna.trial.TrialState.COMPLETE]} completed, "
         f"{count[optuna.trial.TrialState.PRUNED]} pruned, {count[optuna.trial.TrialState.FAIL]} failed.",
         "",
-        "| method | backbone | image | freeze | parameters | val accuracy | test accuracy | test macro F1 |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Validation in the search: {_validation_words(study)}. Retrained: {next(iter(reports.values()))['recipe']}.",
+        "",
+        "| method | backbone | image | freeze | parameters | search value | test accuracy | test macro F1 | "
+        "selection optimism |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in reports.items():
         c, s = r["config"], r["summary"]
         params = r["seeds"][0]["params_total"]
         freeze = c["freeze"] + (f" {c['unfreeze_blocks']} blocks" if c["freeze"] == "top_blocks" else
                                 f" {c['unfreeze_layers']} layers" if c["freeze"] == "top_layers" else "")
+        value = r.get("trial_validation_accuracy")
+        std = r.get("trial_validation_std")
+        shown = "—" if value is None else f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
+        optimism = r.get("selection_optimism")
         lines.append(
             f"| {label} | {c['backbone']} {c['alpha']} | {c['image_size']} px | {freeze} | {params:,} | "
-            f"{s['validation_accuracy']['mean']:.4f} | **{s['test_accuracy']['mean']:.4f} ± "
-            f"{s['test_accuracy']['std']:.4f}** | {s['test_macro_f1']['mean']:.4f} |")
+            f"{shown} | **{s['test_accuracy']['mean']:.4f} ± {s['test_accuracy']['std']:.4f}** | "
+            f"{s['test_macro_f1']['mean']:.4f} | {'—' if optimism is None else f'{optimism * 100:+.1f} points'} |")
     winner = reports["search winner"]
     first = winner["seeds"][0]
     names = winner["class_names"]

@@ -18,8 +18,14 @@ import numpy as np
 
 from search.errors import UserError
 
+FOLDS_ATTR = "cv_folds"  # study user attr: K, fixed when the study is created (absent: made before folds, 1)
 DEFAULT_FOLDS = 5
 SINGLE_SPLIT_MIN = 1000  # validation images from which one split is trusted as is
+
+
+def study_folds(study) -> int:
+    """K of an Optuna study (read from its user attrs; a study made before folds existed has 1)."""
+    return int(study.user_attrs.get(FOLDS_ATTR, 1))
 
 
 def choose_folds(setting, single_val_size: int, class_counts: dict[str, int]) -> int:

@@ -21,21 +21,14 @@ from search.cost import architecture, measure
 from search.crossval import CVResult, cross_validate
 from search.data import load_search_data
 from search.errors import TrialError, UserError
-from search.folds import best_finetune_epochs
+from search.folds import best_finetune_epochs, study_folds
 from search.space import Space, sample
 from search.train import TrainResult, train
-
-
-FOLDS_ATTR = "cv_folds"  # study user attr: K, fixed when the study is created (absent: made before folds, 1)
 
 
 def search_data_for(cfg: TrialConfig):
     """Train and validation parts for a config (decoded once per process, see search.data)."""
     return load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
-
-
-def study_folds(study: optuna.Study) -> int:
-    return int(study.user_attrs.get(FOLDS_ATTR, 1))
 
 
 class Objective:

@@ -107,6 +107,7 @@ def render_markdown(name: str, url: str, study: optuna.Study, rows: list[dict], 
         "saw; blank when none was retrained (`make export` then `make retrain`). s/epoch: mean over every "
         "epoch run by the row's trials, pruned ones included.",
     ]
+    lines += _optimism_section(runs)
     name = cost_name(study)
     if name:  # a multi-objective study: its Pareto front, cheapest first
         lines += ["", f"## Pareto front: val accuracy up, {name} down", "",
@@ -120,6 +121,25 @@ def render_markdown(name: str, url: str, study: optuna.Study, rows: list[dict], 
         lines += ["", "`make export STUDY=... ARGS=\"--pick fastest-within:0.01\"` exports the cheapest trial of "
                       "the front within 0.01 of the best accuracy."]
     return "\n".join(lines) + "\n"
+
+
+def _optimism_section(runs: list[dict]) -> list[str]:
+    """Per retrain run of an exported trial: the study's value, the test accuracy it became, the difference."""
+    rows = [r for r in runs if r.get("selection_optimism") is not None]
+    if not rows:
+        return []
+    lines = ["", "## Selection optimism: the study's value against the retrained test accuracy", "",
+             "| retrain run | trial | fit | study's value | test accuracy | optimism |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        std = r.get("trial_validation_std")
+        value = f"{r['trial_validation_accuracy']:.4f}" + (f" ± {std:.4f} ({r['trial_folds']} folds)" if std is not None
+                                                          else " (one split)")
+        test = r["summary"]["test_accuracy"]
+        lines.append(f"| {r.get('created_at', '')} | {r['trial']} | {r.get('fit', 'train')} | {value} "
+                     f"| {test['mean']:.4f} (n={len(r['seeds'])}) | {r['selection_optimism'] * 100:+.1f} points |")
+    lines += ["", "Optimism = the study's value of the trial minus the mean retrained test accuracy: how much the "
+                  "dashboard's number overstated what the model delivers (the winner's curse of a noisy value)."]
+    return lines
 
 
 def write_report(name: str, storage: str | None = None) -> list[Path]:

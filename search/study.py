@@ -12,8 +12,8 @@ from tqdm import tqdm
 from search import prerank
 from search.backbones import build_backbone, get_backbone
 from search.errors import TrialError, UserError
-from search.folds import choose_folds
-from search.objective import FOLDS_ATTR, Objective, StopAfterFailures, study_folds
+from search.folds import FOLDS_ATTR, choose_folds, study_folds
+from search.objective import Objective, StopAfterFailures
 from search.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
 from search.space import Space, backbone_variants
 from search.storage import Heartbeat, sqlite_timeout

@@ -40,6 +40,7 @@ study:
   seed: 0
   sampler: {{type: random}}
   pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 0}}
+  validation: {{folds: 1}}   # one split: these studies test pruning, export, the dashboard (CV: test_crossval.py)
 params:
   dataset: builtin:shapes
   image_size: 32

@@ -43,33 +43,54 @@ def run(cfg, data, mode, **kw):
     return result, cache.last_plan
 
 
-def assert_same_model(a, b, images):
+def assert_same_model(a, b, images, tolerance=1e-5):
     for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
-        np.testing.assert_allclose(wa, wb, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(a.predict(images, verbose=0), b.predict(images, verbose=0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(wa, wb, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(a.predict(images, verbose=0), b.predict(images, verbose=0), rtol=tolerance,
+                               atol=tolerance)
 
 
-@pytest.mark.parametrize("changes, phase2", [
+CASES = [
     ({"freeze": "frozen"}, "features"),
     ({"freeze": "top_blocks"}, "cut"),
     ({"freeze": "top_blocks", "train_bn": True}, "cut"),  # BatchNorm above the cut trains, batch statistics
     ({"freeze": "frozen", "dropout": 0.3, "head_layers": 1, "head_batchnorm": True}, "features"),  # seeded dropout
     ({"freeze": "top_blocks", "augment": "mirror"}, "cut"),  # mirror images are fixed inputs: cached too
-])
-def test_cached_training_ends_with_the_same_weights_and_predictions(data, changes, phase2):
-    cfg = dataclasses.replace(BASE, **changes)
+]
+
+
+@pytest.mark.parametrize("changes, phase2", CASES)
+def test_cached_and_plain_training_make_the_same_first_updates(data, changes, phase2):
+    """One update step per phase (one batch holds the whole training split): the cached path must compute what
+    the plain one does. Exact up to float rounding on any CPU; several epochs are not (see below)."""
+    n_train = len(data.train) * (2 if changes.get("augment") == "mirror" else 1)
+    cfg = dataclasses.replace(BASE, **changes, batch_size=n_train, finetune_epochs=1)
     plain, plain_plan = run(cfg, data, "off")
     cached, plan = run(cfg, data, "memory")
     assert (plain_plan.phase1, plain_plan.phase2) == ("images", "images")
     assert (plan.phase1, plan.phase2) == ("features", phase2)
-    assert cache.STORE.stats["misses"] == 2 and len(cache.STORE) == (2 if phase2 == "features" else 4)
+    assert [r["epoch"] for r in cached.curve] == [0, 1] == [r["epoch"] for r in plain.curve]
     assert_same_model(plain.model, cached.model, data.val.images[:40].astype("float32"))
+
+
+@pytest.mark.parametrize("changes, phase2", CASES)
+def test_cached_training_ends_close_to_plain_training(data, changes, phase2):
+    """Three epochs of many steps: the two paths batch the frozen part differently, so oneDNN rounds differently
+    and the difference grows with every step (weights up to 7e-3 apart on another x86-64 CPU). Exact: the plan,
+    the store, the epochs; within tolerances that hold on any CPU: the logs, predictions and accuracy."""
+    cfg = dataclasses.replace(BASE, **changes)
+    plain, plain_plan = run(cfg, data, "off")
+    cached, plan = run(cfg, data, "memory")
+    assert (plan.phase1, plan.phase2) == ("features", phase2)
+    assert cache.STORE.stats["misses"] == 2 and len(cache.STORE) == (2 if phase2 == "features" else 4)
     # the same per-epoch logs, so callbacks (pruning, early stopping) see the same thing
     assert [r["epoch"] for r in cached.curve] == [0, 1, 2] == [r["epoch"] for r in plain.curve]
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-        np.testing.assert_allclose([r[key] for r in cached.curve], [r[key] for r in plain.curve], atol=1e-5)
-    assert cached.metrics["accuracy"] == plain.metrics["accuracy"]
-    assert cached.initial_accuracy == pytest.approx(plain.initial_accuracy, abs=1e-6)
+        np.testing.assert_allclose([r[key] for r in cached.curve], [r[key] for r in plain.curve], atol=0.03)
+    images = data.val.images.astype("float32")
+    assert np.abs(plain.model.predict(images, verbose=0) - cached.model.predict(images, verbose=0)).max() < 0.1
+    assert cached.metrics["accuracy"] == pytest.approx(plain.metrics["accuracy"], abs=0.03)  # 3 of 100 images
+    assert cached.initial_accuracy == pytest.approx(plain.initial_accuracy, abs=0.02)  # same model: argmax ties aside
     assert cached.params_trainable == plain.params_trainable
 
 

@@ -62,7 +62,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(exported):
-    return retrain(exported[1] / "best.yaml")
+    return retrain(exported[1] / "best.yaml", fit="train")  # the trial's own fit, to compare with the trial
 
 
 def test_export_writes_a_fixed_config_that_replays_the_best_trial(exported):
@@ -123,7 +123,13 @@ def test_second_retrain_is_a_new_run_and_seeds_give_mean_and_std(exported, first
     assert second == first_run.parent / "run-2"
     assert {p: _digest(p) for p in first_run.rglob("*") if p.is_file()} == before  # run-1 untouched
     report = json.loads((second / "report.json").read_text())
-    seed = exported[0].best_trial.user_attrs["config"]["seed"]
+    best = exported[0].best_trial
+    # the default fit: every non-test image, for the fine-tuning epochs early stopping chose in the trial
+    assert report["fit"] == "all" and report["refit_epochs"] == best.user_attrs["refit_epochs"]
+    assert [r["epochs_run"] for r in report["seeds"]] == [best.user_attrs["config"]["warmup_epochs"]
+                                                          + best.user_attrs["refit_epochs"]] * 2
+    assert [r["train_images"] for r in report["seeds"]] == [850, 850] and report["seeds"][0]["validation"] is None
+    seed = best.user_attrs["config"]["seed"]
     assert [r["seed"] for r in report["seeds"]] == [seed, seed + 1]
     accs = [r["test"]["accuracy"] for r in report["seeds"]]
     assert report["summary"]["test_accuracy"]["mean"] == pytest.approx(np.mean(accs))

@@ -24,7 +24,7 @@ from search.errors import TrialError
 from tests.conftest import write
 
 TINY = """
-study: {{name: {name}, n_trials: {n_trials}, sampler: {{type: random}}, pruner: {{type: none}}}}
+study: {{name: {name}, n_trials: {n_trials}, sampler: {{type: random}}, pruner: {{type: none}}, validation: {{folds: 1}}}}
 params:
   dataset: {dataset}
   image_size: 32

@@ -23,7 +23,7 @@ def test_mobilenet_v2_trial_on_flowers_slice_beats_chance(tmp_path):
         for photo in sorted(folder.iterdir())[:40]:
             (data / folder.name / photo.name).symlink_to(photo)
     space_file = write(tmp_path / "flowers.yaml", f"""
-study: {{name: flowers-slice, n_trials: 1, pruner: {{type: none}}}}
+study: {{name: flowers-slice, n_trials: 1, pruner: {{type: none}}, validation: {{folds: 1}}}}
 params:
   dataset: {data}
   split: [0.6, 0.25, 0.15]

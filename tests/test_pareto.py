@@ -150,6 +150,7 @@ study:
   sampler: {{type: random}}
   objectives: [accuracy, latency_ms]
   pruner: {{type: threshold, lower: 0.35, n_warmup_steps: 1}}
+  validation: {{folds: 1}}
 params:
   dataset: builtin:shapes
   image_size: {{choices: [32, 48]}}

@@ -31,6 +31,7 @@ study:
   seed: 3
   sampler: {{type: random}}
   pruner: {{type: none}}
+  validation: {{folds: 1}}
 params:
   dataset: builtin:shapes
   image_size: 32

@@ -1,0 +1,199 @@
+"""Cross-validated trials on the built-in data: the folds, features once per image, racing folds to the pruner,
+the refit on every non-test image, and the selection optimism."""
+
+import hashlib
+import json
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna_dashboard._note import get_note_from_system_attrs
+
+from search import cache
+from search.config import TrialConfig
+from search.crossval import cross_validate
+from search.data import load_images, load_pool, split_indices
+from search.errors import UserError
+from search.export import export
+from search.folds import choose_folds, fold_indices, refit_epochs, selection_optimism
+from search.retrain import retrain
+from search.space import load_space, parse_space
+from search.study import open_study, run_study
+from tests.conftest import write
+
+SPLIT = (0.75, 0.10, 0.15)
+# Trial 0 learns; trial 1 warms its head up at 1e-7 and stays near chance. n_warmup_steps = 4 = the epochs of a
+# fold, so no per-epoch report inside fold 1 can prune: only the running mean reported after fold 1 can.
+SPACE = """
+study:
+  name: {name}
+  n_trials: 2
+  seed: 0
+  sampler: {{type: random}}
+  pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 4}}
+  validation: {{folds: 3}}
+params:
+  dataset: builtin:shapes
+  image_size: 32
+  backbone: tiny_cnn
+  weights: builtin
+  warmup_epochs: 2
+  finetune_epochs: 2
+  warmup_learning_rate: {{choices: [0.01, 1.0e-7]}}
+  freeze: {{choices: [frozen, top_blocks]}}
+  unfreeze_blocks: 1
+  optimizer: {{choices: [adam, sgd]}}
+  learning_rate: {{choices: [0.001, 0.0001]}}
+enqueue:
+  - {{warmup_learning_rate: 0.01, freeze: top_blocks, optimizer: adam, learning_rate: 0.001}}
+  - {{warmup_learning_rate: 1.0e-7, freeze: frozen, optimizer: sgd, learning_rate: 0.0001}}
+"""
+
+
+def _rows(images: np.ndarray) -> set:
+    return {hashlib.sha1(im.tobytes()).hexdigest() for im in images}
+
+
+def test_folds_are_stratified_disjoint_and_exclude_the_test_part():
+    images, labels, classes = load_images("builtin:shapes", 32)
+    _, _, test = split_indices(labels, SPLIT, 0)
+    pool = load_pool("builtin:shapes", 32, SPLIT, 0)
+    assert len(pool) + len(test) == len(labels)
+    assert not _rows(pool.images) & _rows(images[test])  # no test image in the pool, hence in no fold
+    folds = fold_indices(pool.labels, 5, seed=0)
+    vals = [va for _, va in folds]
+    assert sorted(np.concatenate(vals).tolist()) == list(range(len(pool)))  # every pool image validated once
+    for tr, va in folds:
+        assert not set(tr) & set(va) and len(tr) + len(va) == len(pool)
+    per_class = np.array([np.bincount(pool.labels[va], minlength=len(classes)) for va in vals])
+    assert (per_class.max(axis=0) - per_class.min(axis=0) <= 1).all()  # stratified: each class split evenly
+    assert [a.tolist() for a, _ in folds] == [a.tolist() for a, _ in fold_indices(pool.labels, 5, seed=0)]
+
+
+def test_the_number_of_folds_follows_the_data_size():
+    small = {"a": 80, "b": 90}
+    assert choose_folds("auto", 17, small) == 5  # a small validation part: 5 folds
+    assert choose_folds("auto", 1000, {"a": 5000, "b": 5000}) == 1  # large enough: one split
+    assert choose_folds("auto", 20, {"a": 3, "b": 90}) == 3  # no more folds than the rarest class has images
+    assert choose_folds(1, 17, small) == 1 and choose_folds(4, 17, small) == 4
+    with pytest.raises(UserError, match="class 'a' has 3"):
+        choose_folds(5, 17, {"a": 3, "b": 90})
+    with pytest.raises(UserError, match="study.validation.folds"):
+        parse_space({"study": {"validation": {"folds": 0}}}, "s.yaml")
+    with pytest.raises(UserError, match="study.validation.k"):
+        parse_space({"study": {"validation": {"k": 3}}}, "s.yaml")
+    assert parse_space({}, "s.yaml").study.validation == {"folds": "auto"}
+
+
+def test_fold_features_are_computed_once_per_image():
+    """Three folds of a frozen trial with mirror images: the pool and its mirrors go through the backbone once,
+    in fold 1; folds 2 and 3 slice the stored features."""
+    cfg = TrialConfig(dataset="builtin:shapes", image_size=32, backbone="tiny_cnn", weights="builtin", freeze="frozen",
+                      warmup_epochs=1, finetune_epochs=1, augment="mirror", seed=5)
+    cache.STORE.clear()
+    seen = []
+    cv = cross_validate(cfg, 3, lambda i: [], [], after_fold=lambda i, values: seen.append(
+        (i, dict(cache.STORE.stats))))
+    assert [i for i, _ in seen] == [0, 1, 2]
+    assert [s["misses"] for _, s in seen] == [2, 2, 2]  # two arrays (pool, mirrors) computed, in fold 1 only
+    assert seen[2][1].get("memory_hits", 0) - seen[0][1].get("memory_hits", 0) == 4  # folds 2 and 3: both arrays found
+    assert cache.last_plan.phase1 == cache.last_plan.phase2 == "features"
+    assert len(cv.fold_values) == 3 and cv.result.metrics["accuracy"] == pytest.approx(np.mean(cv.fold_values))
+    # the out-of-fold confusion matrix counts every pool image once
+    pool = load_pool("builtin:shapes", 32, SPLIT, 0)
+    assert np.asarray(cv.result.metrics["confusion_matrix"]).sum(axis=1).tolist() == np.bincount(pool.labels).tolist()
+
+
+@pytest.fixture(scope="module")
+def raced(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cv")
+    space = load_space(write(folder / "cv.yaml", SPACE.format(name="cvrace")))
+    return run_study(space), space
+
+
+def test_a_trial_is_the_mean_of_its_folds_with_their_spread(raced):
+    study, _ = raced
+    good = study.trials[0]
+    a = good.user_attrs
+    assert good.state == optuna.trial.TrialState.COMPLETE and a["cv_folds"] == 3 and len(a["cv_fold_values"]) == 3
+    assert good.value == pytest.approx(np.mean(a["cv_fold_values"]), abs=1e-5)
+    assert a["cv_std"] == pytest.approx(np.std(a["cv_fold_values"], ddof=1), abs=1e-5)
+    assert all(1 <= e <= 2 for e in a["cv_best_epochs"]) and a["refit_epochs"] == refit_epochs(a["cv_best_epochs"])
+    note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), good._trial_id)["body"]
+    assert f"{a['cv_mean']:.4f} ± {a['cv_std']:.4f} over 3 folds" in note  # the dashboard's note of the trial
+    # fold 1's epochs at steps 2, 3 (fine-tuning), then the running mean after folds 1 and 2 at 4, 5
+    assert sorted(good.intermediate_values) == [2, 3, 4, 5]
+    assert good.intermediate_values[5] == pytest.approx(np.mean(a["cv_fold_values"][:2]), abs=1e-5)
+
+
+def test_a_bad_trial_stops_after_fold_1(raced):
+    bad = raced[0].trials[1]
+    assert bad.state == optuna.trial.TrialState.PRUNED
+    assert bad.user_attrs["ended"].startswith("pruned after fold 1 of 3")
+    assert len(bad.user_attrs["cv_fold_values"]) == 1  # folds 2 and 3 never trained
+    assert max(bad.intermediate_values) == 4  # fold 1's report, the first step past the warm-up
+
+
+def test_export_carries_the_folds_and_retrain_refits_on_all_non_test_images(raced, monkeypatch):
+    """The refit trains once per seed on exactly train + validation for the folds' epoch count, with no validation
+    part, and only then is the test split predicted, once."""
+    import search.train
+
+    study, space = raced
+    best_yaml = export("cvrace")[0]
+    meta = yaml.safe_load(best_yaml.read_text())["exported"]
+    a = study.trials[0].user_attrs
+    assert meta["cv"]["fold_values"] == a["cv_fold_values"] and meta["refit_epochs"] == a["refit_epochs"]
+    events = []
+    real_train, real_predict = search.train.train, search.train.predict_labels
+
+    def spy_train(cfg, train_split, eval_split, *args, **kwargs):
+        events.append(("train", _rows(train_split.images), eval_split, cfg.finetune_epochs, cfg.early_stopping_patience))
+        return real_train(cfg, train_split, eval_split, *args, **kwargs)
+
+    def spy_predict(model, split, *args, **kwargs):
+        events.append(("predict", _rows(split.images)))
+        return real_predict(model, split, *args, **kwargs)
+
+    monkeypatch.setattr(search.train, "train", spy_train)
+    monkeypatch.setattr(search.train, "predict_labels", spy_predict)
+    run = retrain(best_yaml)
+    images, labels, _ = load_images("builtin:shapes", 32)
+    _, _, test = split_indices(labels, SPLIT, 0)
+    pool = load_pool("builtin:shapes", 32, SPLIT, 0)
+    assert [e[0] for e in events] == ["train", "predict"]
+    _, trained_on, eval_split, epochs, patience = events[0]
+    assert trained_on == _rows(pool.images) and eval_split is None and (epochs, patience) == (a["refit_epochs"], 0)
+    assert events[1][1] == _rows(images[test]) and not trained_on & events[1][1]
+    report = json.loads((run / "report.json").read_text())
+    assert report["seeds"][0]["epochs_run"] == 2 + a["refit_epochs"]
+    test_accuracy = report["seeds"][0]["test"]["accuracy"]
+    assert report["selection_optimism"] == pytest.approx(study.trials[0].value - test_accuracy, abs=1e-12)
+    assert "Selection optimism" in (run / "report.md").read_text()
+
+
+def test_selection_optimism_is_value_minus_mean_test():
+    assert selection_optimism(0.95, [0.90, 0.86]) == pytest.approx(0.07)
+    assert selection_optimism(0.80, [0.85]) == pytest.approx(-0.05)  # pessimistic: negative
+
+
+def test_a_hand_config_gets_its_refit_epochs_from_one_validation_fit(tmp_path):
+    config = write(tmp_path / "hand.yaml", """
+study: {name: handrefit}
+params: {dataset: "builtin:shapes", image_size: 32, backbone: tiny_cnn, weights: builtin, freeze: frozen,
+         warmup_epochs: 1, finetune_epochs: 3, early_stopping_patience: 1, seed: 0}
+""")
+    report = json.loads((retrain(config) / "report.json").read_text())
+    assert report["refit_epochs_from"].startswith("one train/validation fit")
+    assert 1 <= report["refit_epochs"] <= 3 and report["seeds"][0]["epochs_run"] == 1 + report["refit_epochs"]
+    assert "selection_optimism" not in report  # no study value to compare with
+
+
+def test_resuming_with_other_folds_is_refused(tmp_path):
+    raw = {"study": {"name": "cvresume", "storage": f"sqlite:///{tmp_path}/r.db", "validation": {"folds": 1}},
+           "params": {"dataset": "builtin:shapes", "image_size": 32, "weights": "none"}}
+    open_study(parse_space(raw))
+    assert open_study(parse_space({**raw, "study": {**raw["study"], "validation": {"folds": "auto"}}})) is not None
+    with pytest.raises(UserError, match="validates with 1 fold"):
+        open_study(parse_space({**raw, "study": {**raw["study"], "validation": {"folds": 5}}}))
