@@ -74,6 +74,7 @@ def test_folds_are_stratified_disjoint_and_exclude_the_test_part():
 def test_the_number_of_folds_follows_the_data_size():
     small = {"a": 80, "b": 90}
     assert choose_folds("auto", 17, small) == 5  # a small validation part: 5 folds
+    assert choose_folds("auto", 367, {"a": 1560, "b": 1560}) == 3  # tf_flowers: 3,120 non-test images, 3 folds
     assert choose_folds("auto", 1000, {"a": 5000, "b": 5000}) == 1  # large enough: one split
     assert choose_folds("auto", 20, {"a": 3, "b": 90}) == 3  # no more folds than the rarest class has images
     assert choose_folds(1, 17, small) == 1 and choose_folds(4, 17, small) == 4
