@@ -12,6 +12,7 @@ import gc
 import traceback
 
 import keras
+import numpy as np
 import optuna
 from optuna_integration import KerasPruningCallback
 
@@ -42,8 +43,10 @@ class Objective:
     def __init__(self, space: Space, reporters=()):
         self.space = space
         self.reporters = list(reporters)
-        # the first fold-level step: past every epoch step any trial of this space can report
-        self.fold_step0 = max(space.values("warmup_epochs")) + max(space.values("finetune_epochs"))
+        # the first fold-level step: past every epoch step any trial of this space (or its queue) can report
+        most = lambda name: max([*space.values(name), *(e[name] for e in space.enqueue if name in e)])  # noqa: E731
+        self.fold_step0 = most("warmup_epochs") + most("finetune_epochs")
+        self.fold = 0  # the fold being trained (cross-validated trials), for the `ended` message
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg = sample(trial, self.space)
@@ -55,8 +58,8 @@ class Objective:
         callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal()) if c is not None]
         try:
             if folds > 1:
-                cv = cross_validate(cfg, folds, lambda i: callbacks if i == 0 else self._later_fold_callbacks(cfg),
-                                    curve, lambda i, values: self._race(trial, i, folds, values))
+                cv = cross_validate(cfg, folds, lambda i: self._fold_callbacks(i, callbacks, cfg), curve,
+                                    lambda i, values: self._race(trial, i, folds, values))
                 result = cv.result
                 record_result(trial, result)
                 record_cv(trial, cv)
@@ -75,8 +78,11 @@ class Objective:
             raise
         except optuna.TrialPruned as exc:
             why = f": {exc}" if isinstance(exc, BelowFloor) else ""
-            fold = " of fold 1" if folds > 1 else ""
-            trial.set_user_attr("ended", f"pruned after epoch {curve[-1]['epoch'] if curve else 0}{fold}{why}")
+            if folds > 1 and self.fold > 0:  # a floor in a later fold (fold 1's curve is the trial's)
+                trial.set_user_attr("ended", f"pruned in fold {self.fold + 1} of {folds}{why}")
+            else:
+                fold = " of fold 1" if folds > 1 else ""
+                trial.set_user_attr("ended", f"pruned after epoch {curve[-1]['epoch'] if curve else 0}{fold}{why}")
             raise
         except TrialError as exc:
             trial.set_user_attr("ended", f"failed: {exc}")
@@ -111,8 +117,12 @@ class Objective:
                 return done.user_attrs["latency_ms"]
         return measure(name, model, image_size)
 
-    def _later_fold_callbacks(self, cfg: TrialConfig) -> list:
-        """Folds 2..K: no per-epoch report (those steps belong to fold 1); a floor still applies per epoch."""
+    def _fold_callbacks(self, fold: int, first: list, cfg: TrialConfig) -> list:
+        """Fold 1: the trial's callbacks (per-epoch pruning). Folds 2..K: no per-epoch report (those steps
+        belong to fold 1); a Pareto study's floor still applies per epoch."""
+        self.fold = fold
+        if fold == 0:
+            return first
         floor = self._pruning(None, cfg) if self.space.study.cost is not None else None
         return [c for c in (floor, StopOnSignal()) if c is not None]
 
@@ -122,9 +132,26 @@ class Objective:
         trial.set_user_attr("cv_fold_values", [round(v, 5) for v in values])
         if self.space.study.cost is not None or fold == folds - 1:
             return  # multi-objective: Optuna cannot prune; the last fold: the value itself follows
-        trial.report(mean, step=self.fold_step0 + fold)
-        if trial.should_prune():
+        step = self.fold_step0 + fold
+        trial.report(mean, step=step)
+        if self._loses_race(trial, step, mean):
             raise FoldPruned(f"after fold {fold + 1} of {folds}: mean val_accuracy {mean:.4f} so far")
+
+    def _loses_race(self, trial: optuna.Trial, step: int, mean: float) -> bool:
+        """The median rule on the running mean itself. Optuna's median pruner judges a trial by its best value
+        over all its steps, and fold 1's epoch peaks would then shield a trial whose later folds fail: compare
+        the mean after this fold with the completed trials' means after the same fold. Other pruners decide
+        as they do for epochs."""
+        pruner = self.space.study.pruner
+        if pruner["type"] != "median":
+            return trial.should_prune()
+        if step < pruner.get("n_warmup_steps", 0):
+            return False
+        completed = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        at_step = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+        if len(completed) < pruner.get("n_startup_trials", 5) or not at_step:
+            return False
+        return mean < float(np.median(at_step))
 
     def _pruning(self, trial: optuna.Trial, cfg: TrialConfig):
         if self.space.study.cost is None:

@@ -26,6 +26,12 @@ MODES = {"single split": 1, "cross-validated": "auto"}
 
 
 def one_study(space_path: str, sets: list[str], mode, seed: int, budget_s: float, top: int, name: str) -> dict:
+    """Study, export, retrains; the row is kept in studies/<name>/selection_row.json, and a rerun of the bench
+    with the same names reuses it (an interrupted bench resumes at the first study not finished)."""
+    done = studies_dir() / name / "selection_row.json"
+    if done.is_file():
+        print(f"{name}: done before, reusing {done}", flush=True)
+        return json.loads(done.read_text())
     from search.export import export
     from search.retrain import retrain
     from search.space import load_space
@@ -40,6 +46,13 @@ def one_study(space_path: str, sets: list[str], mode, seed: int, budget_s: float
     for path in [p for p in export(name, top=top) if p.suffix == ".yaml"]:
         report = json.loads((retrain(path, 1, fit="all") / "report.json").read_text())
         pairs.append((report["trial"], report["trial_validation_accuracy"], report["summary"]["test_accuracy"]["mean"]))
+    row = study_row(study, name, mode, seed, search_s, pairs)
+    done.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def study_row(study, name: str, mode, seed: int, search_s: float, pairs: list) -> dict:
+    """pairs: (trial, study value, retrained test accuracy) of the top trials, best first."""
     states = [t.state.name.lower() for t in study.trials]
     return {"study": name, "mode": mode, "seed": seed, "search_s": round(search_s, 1),
             "trials": {s: states.count(s) for s in sorted(set(states))}, "top": pairs,

@@ -123,15 +123,28 @@ def _frozen_tensors(cfg: TrialConfig, model: keras.Model, plan: cache.Plan, spli
     origins = [s.origin for s in splits]
     if any(o is None for o in origins):
         return cache.frozen_outputs(model, plan, [s.images for s in splits], cfg.batch_size)
-    bases = list({id(b): b for o in origins for b in o.bases}.values())
+    bases = distinct_bases(splits)
     outputs = cache.frozen_outputs(model, plan, bases, cfg.batch_size)
     by_id = {id(b): out for b, out in zip(bases, outputs)}
-    tensors = []
-    for o in origins:
-        parts = [by_id[id(b)] for b in o.bases]
-        tensors.append({name: (np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name])[o.index]
-                        for name in parts[0]})
-    return tensors
+    return [{name: _rows([by_id[id(b)][name] for b in o.bases], o.index) for name in by_id[id(o.bases[0])]}
+            for o in origins]
+
+
+def distinct_bases(splits: list[Split]) -> list[np.ndarray]:
+    return list({id(b): b for s in splits for b in s.origin.bases}.values())
+
+
+def _rows(parts: list[np.ndarray], index: np.ndarray) -> np.ndarray:
+    """Rows `index` of the concatenation of `parts`, without building the concatenation."""
+    if len(parts) == 1:
+        return parts[0][index]
+    out = np.empty((len(index), *parts[0].shape[1:]), parts[0].dtype)
+    start = 0
+    for part in parts:
+        inside = (index >= start) & (index < start + len(part))
+        out[inside] = part[index[inside] - start]
+        start += len(part)
+    return out
 
 
 def _phases(cfg: TrialConfig, model: keras.Model, plan: cache.Plan, train_split: Split, eval_split: Split | None):
@@ -172,7 +185,10 @@ def train(
     started = time.perf_counter()
     try:
         model = build_model(cfg, n_classes)
-        plan = cache.plan_trial(cfg, model, len(train_split) + (len(eval_split) if eval_split else 0))
+        splits = [train_split] if eval_split is None else [train_split, eval_split]
+        computed = (sum(map(len, distinct_bases(splits))) if all(s.origin for s in splits)
+                    else sum(map(len, splits)))  # the images whose frozen outputs are computed and kept
+        plan = cache.plan_trial(cfg, model, computed)
         cache.announce(plan)
         phase1, phase2 = _phases(cfg, model, plan, train_split, eval_split)
 

@@ -198,3 +198,26 @@ def test_resuming_with_other_folds_is_refused(tmp_path):
     assert open_study(parse_space({**raw, "study": {**raw["study"], "validation": {"folds": "auto"}}})) is not None
     with pytest.raises(UserError, match="validates with 1 fold"):
         open_study(parse_space({**raw, "study": {**raw["study"], "validation": {"folds": 5}}}))
+
+
+def test_the_fold_race_judges_the_running_mean_not_fold_1s_peak():
+    """Optuna's median pruner would keep a trial whose fold-1 epochs peaked high (its best value over all steps)
+    although its mean after fold 2 is below the completed trials' means there; the race prunes it."""
+    from search.objective import FoldPruned, Objective
+
+    space = parse_space({"study": {"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
+                         "params": {"warmup_epochs": 2, "finetune_epochs": 2}}, "s.yaml")
+    objective = Objective(space)
+    step = objective.fold_step0 + 1  # after fold 2
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(1, 0))
+    study.add_trial(optuna.trial.create_trial(value=0.8, intermediate_values={3: 0.8, 4: 0.8, step: 0.8}))
+    lucky = study.ask()
+    lucky.report(0.95, step=3)  # fold 1's best epoch
+    with pytest.raises(FoldPruned, match="after fold 2 of 3: mean val_accuracy 0.7250"):
+        objective._race(lucky, 1, 3, [0.95, 0.5])
+    reported = study.trials[lucky.number]
+    assert reported.intermediate_values[step] == pytest.approx(0.725)
+    assert not study.pruner.prune(study, reported)  # Optuna's rule alone: best 0.95 >= 0.8, kept
+    fine = study.ask()
+    objective._race(fine, 1, 3, [0.80, 0.82])  # above the median: races on
+    assert fine.study.trials[-1].intermediate_values[step] == pytest.approx(0.81)
