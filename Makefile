@@ -95,9 +95,9 @@ copy-study: $(BIN)/.installed
 	$(BIN)/python -m search copy-study --from "$$FROM" --to "$$TO" --study "$$STUDY" $$ARGS
 
 # --- the real-data proof (search/flowers_bench.py): about an hour on 2 CPU cores ---
-BUDGET ?= 2700
+BUDGET ?= 2400
 .PHONY: bench-flowers
-## make bench-flowers DATA=../shared/data/flowers WEIGHTS=../shared/weights [BUDGET=2700] [ARGS="--seeds 3"]
+## make bench-flowers DATA=../shared/data/flowers WEIGHTS=../shared/weights [BUDGET=2400] [ARGS="--seeds 3 --folds auto --fit all"]
 bench-flowers: $(BIN)/.installed
 	$(BIN)/python -m search bench-flowers --data "$$DATA" --weights "$$WEIGHTS" --budget "$$BUDGET" $$ARGS
 

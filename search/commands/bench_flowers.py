@@ -10,7 +10,7 @@ from search.errors import UserError
 def add_arguments(parser) -> None:
     parser.add_argument("--data", required=True, help="image folder with one sub-folder per class (tf_flowers)")
     parser.add_argument("--weights", required=True, help="folder of official Keras no-top weight files, or imagenet")
-    parser.add_argument("--budget", type=float, default=2700, help="search seconds (default %(default)s)")
+    parser.add_argument("--budget", type=float, default=2400, help="search seconds (default %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="retrain seeds per method (default %(default)s)")
     parser.add_argument("--baseline-size", type=int, default=224,
                         help="image size of the seeds' recipes (default %(default)s, the seeds' own)")
