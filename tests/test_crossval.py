@@ -179,15 +179,31 @@ def test_selection_optimism_is_value_minus_mean_test():
     assert selection_optimism(0.80, [0.85]) == pytest.approx(-0.05)  # pessimistic: negative
 
 
-def test_a_hand_config_gets_its_refit_epochs_from_one_validation_fit(tmp_path):
+def test_a_hand_config_gets_its_refit_epochs_from_one_validation_fit(tmp_path, monkeypatch):
+    """No exported epoch count: one train/validation fit runs first, and the refit uses the fine-tuning epochs to
+    that fit's best validation accuracy (read from the very curve that fit produced)."""
+    import search.train
+    from search.folds import best_finetune_epochs
+
     config = write(tmp_path / "hand.yaml", """
 study: {name: handrefit}
 params: {dataset: "builtin:shapes", image_size: 32, backbone: tiny_cnn, weights: builtin, freeze: frozen,
          warmup_epochs: 1, finetune_epochs: 3, early_stopping_patience: 1, seed: 0}
 """)
+    fits = []
+    real_train = search.train.train
+
+    def spy_train(cfg, train_split, eval_split, *args, **kwargs):
+        result = real_train(cfg, train_split, eval_split, *args, **kwargs)
+        fits.append((len(train_split), eval_split is not None, result.curve))
+        return result
+
+    monkeypatch.setattr(search.train, "train", spy_train)
     report = json.loads((retrain(config) / "report.json").read_text())
     assert report["refit_epochs_from"].startswith("one train/validation fit")
-    assert 1 <= report["refit_epochs"] <= 3 and report["seeds"][0]["epochs_run"] == 1 + report["refit_epochs"]
+    assert [(n, validated) for n, validated, _ in fits] == [(750, True), (850, False)]  # selection fit, then refit
+    assert report["refit_epochs"] == best_finetune_epochs(fits[0][2], 1) >= 1
+    assert report["seeds"][0]["epochs_run"] == 1 + report["refit_epochs"] == len(fits[1][2])
     assert "selection_optimism" not in report  # no study value to compare with
 
 
