@@ -119,4 +119,4 @@ rank-check: $(BIN)/.installed
 .PHONY: bench-cv
 ## make bench-cv [SPACE=spaces/flowers.yaml] [DATA=folder] [WEIGHTS=folder] [ARGS="--budget 300 --study-seeds 3 --top 10"]
 bench-cv: $(BIN)/.installed
-	$(BIN)/python -m search bench-cv --space "$$SPACE" $(if $(filter command line environment,$(origin DATA)),--data "$$DATA") $(if $(filter command line environment,$(origin WEIGHTS)),--weights "$$WEIGHTS") $$ARGS
+	$(BIN)/python -m search bench-cv $(if $(filter command line environment,$(origin SPACE)),--space "$$SPACE") $(if $(filter command line environment,$(origin DATA)),--data "$$DATA") $(if $(filter command line environment,$(origin WEIGHTS)),--weights "$$WEIGHTS") $$ARGS

@@ -4,11 +4,16 @@ With K folds (the study's FOLDS_ATTR, search/folds.py) a trial is K trainings an
 validation accuracy. Pruning races across folds: inside fold 1 every fine-tuning epoch is reported at
 step = epoch, as for a single split; after fold i (0-based) the running mean over folds 0..i is reported at
 step = fold_step0 + i, past every epoch step, so steps only grow and a trial hopeless on fold 1 stops there.
+
+A study's `timeout` is a deadline for running trials too: Optuna only stops starting new ones, and a full
+fine-tune with folds can run 20 minutes past it. A running trial checks the deadline at each epoch's end and
+between folds, and stops there, pruned at its last reported step (ended: "stopped at the study's deadline").
 """
 
 from __future__ import annotations
 
 import gc
+import time
 import traceback
 
 import keras
@@ -40,9 +45,11 @@ class Objective:
     raises does not change the trial's outcome; its error is kept in the user attr "reporter_error".
     """
 
-    def __init__(self, space: Space, reporters=()):
+    def __init__(self, space: Space, reporters=(), deadline: float | None = None):
+        """deadline: a time.monotonic() value past which running trials stop (None: never)."""
         self.space = space
         self.reporters = list(reporters)
+        self.deadline = deadline
         # the first fold-level step: past every epoch step any trial of this space (or its queue) can report
         most = lambda name: max([*space.values(name), *(e[name] for e in space.enqueue if name in e)])  # noqa: E731
         self.fold_step0 = most("warmup_epochs") + most("finetune_epochs")
@@ -55,7 +62,7 @@ class Objective:
         folds = study_folds(trial.study)
         curve: list[dict] = []
         result = None
-        callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal()) if c is not None]
+        callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal(), self._deadline()) if c is not None]
         try:
             if folds > 1:
                 cv = cross_validate(cfg, folds, lambda i: self._fold_callbacks(i, callbacks, cfg), curve,
@@ -75,6 +82,12 @@ class Objective:
             return result.metrics["accuracy"], spent
         except FoldPruned as exc:
             trial.set_user_attr("ended", f"pruned {exc}")
+            raise
+        except DeadlineReached as exc:
+            where = f" of fold {self.fold + 1} of {folds}" if folds > 1 else ""
+            trial.set_user_attr("ended", f"{exc} after epoch {exc.epoch + 1}{where}" if exc.epoch is not None
+                                else f"{exc} after fold {self.fold + 1} of {folds}")
+            trial.study.stop()  # Optuna's own clock started a moment later than ours: start nothing more
             raise
         except optuna.TrialPruned as exc:
             why = f": {exc}" if isinstance(exc, BelowFloor) else ""
@@ -124,14 +137,21 @@ class Objective:
         if fold == 0:
             return first
         floor = self._pruning(None, cfg) if self.space.study.cost is not None else None
-        return [c for c in (floor, StopOnSignal()) if c is not None]
+        return [c for c in (floor, StopOnSignal(), self._deadline()) if c is not None]
+
+    def _deadline(self):
+        return None if self.deadline is None else StopAtDeadline(self.deadline)
 
     def _race(self, trial: optuna.Trial, fold: int, folds: int, values: list[float]) -> None:
         """After fold `fold`: record the folds so far (a pruned trial keeps them) and report their mean."""
         mean = sum(values) / len(values)
         trial.set_user_attr("cv_fold_values", [round(v, 5) for v in values])
-        if self.space.study.cost is not None or fold == folds - 1:
-            return  # multi-objective: Optuna cannot prune; the last fold: the value itself follows
+        if fold == folds - 1:
+            return  # the last fold: the value itself follows
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineReached(None)
+        if self.space.study.cost is not None:
+            return  # multi-objective: Optuna cannot prune
         step = self.fold_step0 + fold
         trial.report(mean, step=step)
         if self._loses_race(trial, step, mean):
@@ -186,6 +206,26 @@ class FineTunePruning(KerasPruningCallback):
 
 class FoldPruned(optuna.TrialPruned):
     """Pruned between folds: the running mean over the folds so far lost the race (message says where)."""
+
+
+class DeadlineReached(optuna.TrialPruned):
+    """The study's deadline passed while this trial ran; `epoch` is where it stopped (None: between folds)."""
+
+    def __init__(self, epoch: int | None):
+        super().__init__("stopped at the study's deadline")
+        self.epoch = epoch
+
+
+class StopAtDeadline(keras.callbacks.Callback):
+    """Ends a running trial at the first epoch end past the study's deadline (time.monotonic())."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() >= self.deadline:
+            raise DeadlineReached(epoch)
 
 
 class BelowFloor(optuna.TrialPruned):

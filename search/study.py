@@ -221,8 +221,9 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
           f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
     print(describe_validation(study, space), flush=True)
     started = time.perf_counter()
+    deadline = time.monotonic() + timeout if timeout else None  # running trials stop there too
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
-    study.optimize(Objective(space, reporters), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
+    study.optimize(Objective(space, reporters, deadline), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
                    callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True, show_progress_bar=sys.stderr.isatty())
     summarize(study, time.perf_counter() - started)
     return study

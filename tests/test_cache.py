@@ -73,11 +73,13 @@ def test_cached_and_plain_training_make_the_same_first_updates(data, changes, ph
     assert_same_model(plain.model, cached.model, data.val.images[:40].astype("float32"))
 
 
-@pytest.mark.parametrize("changes, phase2", CASES)
+@pytest.mark.parametrize("changes, phase2", CASES[2:])  # the richest features case and both richer cut cases
 def test_cached_training_ends_close_to_plain_training(data, changes, phase2):
     """Three epochs of many steps: the two paths batch the frozen part differently, so oneDNN rounds differently
     and the difference grows with every step (weights up to 7e-3 apart on another x86-64 CPU). Exact: the plan,
-    the store, the epochs; within tolerances that hold on any CPU: the logs, predictions and accuracy."""
+    the store, the epochs; within tolerances that hold on any CPU: the logs, predictions and accuracy. Every case
+    is checked exactly by its first updates above; here only the three that add state across steps (BatchNorm
+    statistics, seeded dropout masks, mirror images), which the two plain cases are subsets of."""
     cfg = dataclasses.replace(BASE, **changes)
     plain, plain_plan = run(cfg, data, "off")
     cached, plan = run(cfg, data, "memory")

@@ -3,6 +3,7 @@ the refit on every non-test image, and the selection optimism."""
 
 import hashlib
 import json
+import time
 
 import numpy as np
 import optuna
@@ -237,3 +238,24 @@ def test_the_fold_race_judges_the_running_mean_not_fold_1s_peak():
     fine = study.ask()
     objective._race(fine, 1, 3, [0.80, 0.82])  # above the median: races on
     assert fine.study.trials[-1].intermediate_values[step] == pytest.approx(0.81)
+
+
+def test_a_running_trial_stops_at_the_study_deadline(tmp_path):
+    """Optuna's timeout only stops new trials; the objective's deadline also stops a running one at its first
+    epoch end past it (or between folds), as a pruned trial that keeps what it reported, and starts nothing more."""
+    from search.objective import DeadlineReached, Objective
+
+    space = load_space(write(tmp_path / "s.yaml", SPACE.format(name="deadline")))
+    study = open_study(space)
+    objective = Objective(space, deadline=time.monotonic())  # already past
+    study.optimize(objective, n_trials=2, catch=())
+    stopped, queued = study.trials  # the study stopped after the stopped trial: the second queued one waits
+    assert queued.state == optuna.trial.TrialState.WAITING
+    assert stopped.state == optuna.trial.TrialState.PRUNED
+    assert stopped.user_attrs["ended"] == "stopped at the study's deadline after epoch 1 of fold 1 of 3"
+    assert len(stopped.user_attrs["curve"]) == 1
+    racing = Objective(space, deadline=time.monotonic())
+    trial = optuna.create_study(direction="maximize").ask()
+    with pytest.raises(DeadlineReached):
+        racing._race(trial, 0, 3, [0.8])  # between folds 1 and 2
+    racing._race(trial, 2, 3, [0.8, 0.8, 0.8])  # after the last fold the trial is complete: nothing to stop

@@ -22,7 +22,7 @@ def add_common(parser) -> None:
     parser.add_argument("--name", help="study name (overrides study.name)")
     parser.add_argument("--storage", help="storage URL: journal:///studies/x.log (one machine), "
                                           "postgresql://user@host/db (several); default sqlite:///studies/<name>.db")
-    parser.add_argument("--timeout", type=float, help="seconds after which a worker starts no new trial")
+    parser.add_argument("--timeout", type=float, help="seconds after which a worker starts no new trial and stops its running one at the next epoch end")
     parser.add_argument("--heartbeat-interval", type=int, default=30, metavar="S",
                         help="seconds between heartbeats of a running trial (default: %(default)s)")
     parser.add_argument("--grace-period", type=int, default=120, metavar="S",
@@ -96,7 +96,8 @@ def run(args) -> int:
         done.append(trial.number)
         print_trial(study, trial, prefix=f"{me} ")
 
-    work(study, Objective(space, [reporter]), heartbeat, timeout=args.timeout,
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    work(study, Objective(space, [reporter], deadline), heartbeat, timeout=args.timeout,
          callbacks=[line, StopAfterFailures()], catch=(TrialError,),
          log=lambda text: print(f"{me} {text}", flush=True))
     print(f"{me} done: {len(done)} trial(s) in {time.perf_counter() - started:.0f}s", flush=True)
