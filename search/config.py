@@ -21,11 +21,11 @@ class TrialConfig:
     split_seed: int = 0  # the split depends on this only, never on the trial
     image_size: int = 32  # square input side in pixels
     # --- backbone ---
-    backbone: str = "tiny_cnn"  # a name from search.backbones.BACKBONES
+    backbone: str = "tiny_cnn"  # a name from search.models.backbones.BACKBONES
     alpha: float = 1.0  # width multiplier (MobileNet family only)
     weights: str = "builtin"  # imagenet | none | builtin (tiny_cnn) | path to a .h5 / .weights.h5 file
     # --- freezing (phase 2) ---
-    freeze: str = "frozen"  # frozen | top_layers | top_blocks | full
+    freeze: str = "frozen"  # a search.models.freezing entry: frozen | top_layers | top_blocks | full
     unfreeze_layers: int = 0  # top_layers only: how many of the backbone's last layers train
     unfreeze_blocks: int = 0  # top_blocks only: how many of the backbone's last blocks train
     round_to_block: bool = False  # top_layers only: move the cut to the nearest block start (cacheable)
@@ -79,3 +79,13 @@ FIXED_ONLY = ("dataset", "split", "split_seed")
 def studies_dir() -> Path:
     """Where study stores, caches and outputs live: ./studies, or $TRANSFER_SEARCH_HOME."""
     return Path(os.environ.get("TRANSFER_SEARCH_HOME", "studies"))
+
+
+def valid_study_name(name) -> bool:
+    """A study name is also a file name (studies/<name>.db, studies/<name>/): no separators, no leading dot."""
+    return isinstance(name, str) and bool(name) and not any(c in name for c in "/\\:") and not name.startswith(".")
+
+
+def default_storage_url(study_name: str) -> str:
+    """Where a study lives when no storage is given: one SQLite file in studies_dir()."""
+    return f"sqlite:///{studies_dir() / study_name}.db"

@@ -4,7 +4,7 @@ The handler raises KeyboardInterrupt at once, as Python's own does, so Optuna ma
 failed and the command exits 130 (SIGINT) or 143 (SIGTERM). It also remembers the signal: an exception
 raised while Python runs a finalizer (a weakref callback during garbage collection, frequent inside
 Keras) is swallowed with a message only, so the objective's Keras callback raises it again at the next
-batch (search.objective.StopOnSignal).
+epoch end (search.study.objective.StopOnSignal).
 """
 
 from __future__ import annotations

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 from keras import layers
 
-from search.backbones import BACKBONES, Preprocess, backbone_layers, block_starts, build_backbone
 from search.config import TrialConfig
 from search.errors import UserError
-from search.model import apply_freezing, build_model, get_backbone_model
+from search.models.backbones import BACKBONES, backbone_layers, block_starts, build_backbone
+from search.models.build import apply_freezing, build_model, get_backbone_model
+from search.models.preprocess import Preprocess
 
 
 def tiny_config(name, **kw):
@@ -98,7 +99,7 @@ def test_wrong_weights_file_is_a_user_error(tmp_path):
 
 
 def test_weights_folder_finds_the_official_file_by_name(tmp_path):
-    from search.backbones import weights_in_folder
+    from search.models.backbones import weights_in_folder
 
     for name in ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5",
                  "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5",

@@ -2,8 +2,8 @@
 
 import pytest
 
+from search.bench.flowers import within_params
 from search.errors import UserError
-from search.flowers_bench import within_params
 from search.space import load_space
 from tests.conftest import write
 

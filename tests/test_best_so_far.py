@@ -3,7 +3,7 @@ intermediate report) can be higher, but export never picks it."""
 
 import optuna
 
-from search.flowers_bench import best_so_far
+from search.bench.flowers import best_so_far
 
 
 def test_pruned_values_are_plotted_apart_and_never_raise_the_best():

@@ -9,13 +9,13 @@ import optuna
 import pytest
 from optuna_integration import KerasPruningCallback
 
-from search import cache
-from search.backbones import BACKBONES, backbone_layers, block_starts, build_backbone
 from search.config import TrialConfig
-from search.cut import find_cut, head_model
-from search.data import load_search_data
-from search.model import build_model, get_backbone_model, trainable_range_start
-from search.train import epoch_batches, train
+from search.data.datasets import load_search_data
+from search.models.backbones import BACKBONES, backbone_layers, block_starts, build_backbone
+from search.models.build import build_model, get_backbone_model, trainable_range_start
+from search.training import cache
+from search.training.cut import find_cut, head_model
+from search.training.train import epoch_batches, train
 
 BASE = TrialConfig(warmup_epochs=1, finetune_epochs=2, early_stopping_patience=0, dropout=0.0,
                    unfreeze_blocks=2, learning_rate=3e-3)
@@ -23,7 +23,7 @@ BASE = TrialConfig(warmup_epochs=1, finetune_epochs=2, early_stopping_patience=0
 
 @pytest.fixture(scope="module")
 def data():
-    from search.builtin import pretrained_tiny_cnn
+    from search.models.tiny_cnn import pretrained_tiny_cnn
 
     pretrained_tiny_cnn()  # pretrain now if needed: it reseeds, which must not happen inside a compared trial
     return load_search_data("builtin:shapes", 32, (0.75, 0.10, 0.15), 0)
@@ -218,7 +218,7 @@ def test_augmentation_turns_the_cache_off_for_the_whole_trial():
 
 
 def test_mirror_adds_each_training_image_flipped_left_right_once(data):
-    from search.data import with_mirrors
+    from search.data.datasets import with_mirrors
 
     doubled = with_mirrors(data.train)
     n = len(data.train)

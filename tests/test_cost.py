@@ -1,13 +1,13 @@
-"""search/cost.py: the costs a multi-objective study minimises, measured on real (untrained) models."""
+"""search/models/cost.py: the costs a multi-objective study minimises, measured on real (untrained) models."""
 
 import math
 
 import keras
 import pytest
 
-from search import cost
 from search.config import TrialConfig
-from search.model import build_model
+from search.models import cost
+from search.models.build import build_model
 
 
 def _model(**fields):

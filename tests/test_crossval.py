@@ -11,16 +11,16 @@ import pytest
 import yaml
 from optuna_dashboard._note import get_note_from_system_attrs
 
-from search import cache
 from search.config import TrialConfig
-from search.crossval import cross_validate
-from search.data import load_images, load_pool, split_indices
+from search.data.datasets import load_images, load_pool, split_indices
+from search.data.folds import choose_folds, fold_indices, refit_epochs, selection_optimism
+from search.deliver.export import export
+from search.deliver.retrain import retrain
 from search.errors import UserError
-from search.export import export
-from search.folds import choose_folds, fold_indices, refit_epochs, selection_optimism
-from search.retrain import retrain
 from search.space import load_space, parse_space
-from search.study import open_study, run_study
+from search.study.run import open_study, run_study
+from search.training import cache
+from search.training.crossval import cross_validate
 from tests.conftest import write
 
 SPLIT = (0.75, 0.10, 0.15)
@@ -140,7 +140,7 @@ def test_a_bad_trial_stops_after_fold_1(raced):
 def test_export_carries_the_folds_and_retrain_refits_on_all_non_test_images(raced, monkeypatch):
     """The refit trains once per seed on exactly train + validation for the folds' epoch count, with no validation
     part, and only then is the test split predicted, once."""
-    import search.train
+    import search.training.train
 
     study, space = raced
     best_yaml = export("cvrace")[0]
@@ -148,7 +148,7 @@ def test_export_carries_the_folds_and_retrain_refits_on_all_non_test_images(race
     a = study.trials[0].user_attrs
     assert meta["cv"]["fold_values"] == a["cv_fold_values"] and meta["refit_epochs"] == a["refit_epochs"]
     events = []
-    real_train, real_predict = search.train.train, search.train.predict_labels
+    real_train, real_predict = search.training.train.train, search.training.train.predict_labels
 
     def spy_train(cfg, train_split, eval_split, *args, **kwargs):
         events.append(("train", _rows(train_split.images), eval_split, cfg.finetune_epochs, cfg.early_stopping_patience))
@@ -158,8 +158,8 @@ def test_export_carries_the_folds_and_retrain_refits_on_all_non_test_images(race
         events.append(("predict", _rows(split.images)))
         return real_predict(model, split, *args, **kwargs)
 
-    monkeypatch.setattr(search.train, "train", spy_train)
-    monkeypatch.setattr(search.train, "predict_labels", spy_predict)
+    monkeypatch.setattr(search.training.train, "train", spy_train)
+    monkeypatch.setattr(search.training.train, "predict_labels", spy_predict)
     run = retrain(best_yaml)
     images, labels, _ = load_images("builtin:shapes", 32)
     _, _, test = split_indices(labels, SPLIT, 0)
@@ -183,8 +183,8 @@ def test_selection_optimism_is_value_minus_mean_test():
 def test_a_hand_config_gets_its_refit_epochs_from_one_validation_fit(tmp_path, monkeypatch):
     """No exported epoch count: one train/validation fit runs first, and the refit uses the fine-tuning epochs to
     that fit's best validation accuracy (read from the very curve that fit produced)."""
-    import search.train
-    from search.folds import best_finetune_epochs
+    import search.training.train
+    from search.data.folds import best_finetune_epochs
 
     config = write(tmp_path / "hand.yaml", """
 study: {name: handrefit}
@@ -192,14 +192,14 @@ params: {dataset: "builtin:shapes", image_size: 32, backbone: tiny_cnn, weights:
          warmup_epochs: 1, finetune_epochs: 3, early_stopping_patience: 1, seed: 0}
 """)
     fits = []
-    real_train = search.train.train
+    real_train = search.training.train.train
 
     def spy_train(cfg, train_split, eval_split, *args, **kwargs):
         result = real_train(cfg, train_split, eval_split, *args, **kwargs)
         fits.append((len(train_split), eval_split is not None, result.curve))
         return result
 
-    monkeypatch.setattr(search.train, "train", spy_train)
+    monkeypatch.setattr(search.training.train, "train", spy_train)
     report = json.loads((retrain(config) / "report.json").read_text())
     assert report["refit_epochs_from"].startswith("one train/validation fit")
     assert [(n, validated) for n, validated, _ in fits] == [(750, True), (850, False)]  # selection fit, then refit
@@ -220,7 +220,7 @@ def test_resuming_with_other_folds_is_refused(tmp_path):
 def test_the_fold_race_judges_the_running_mean_not_fold_1s_peak():
     """Optuna's median pruner would keep a trial whose fold-1 epochs peaked high (its best value over all steps)
     although its mean after fold 2 is below the completed trials' means there; the race prunes it."""
-    from search.objective import FoldPruned, Objective
+    from search.study.objective import FoldPruned, Objective
 
     space = parse_space({"study": {"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
                          "params": {"warmup_epochs": 2, "finetune_epochs": 2}}, "s.yaml")
@@ -243,7 +243,7 @@ def test_the_fold_race_judges_the_running_mean_not_fold_1s_peak():
 def test_a_running_trial_stops_at_the_study_deadline(tmp_path):
     """Optuna's timeout only stops new trials; the objective's deadline also stops a running one at its first
     epoch end past it (or between folds), as a pruned trial that keeps what it reported, and starts nothing more."""
-    from search.objective import DeadlineReached, Objective
+    from search.study.objective import DeadlineReached, Objective
 
     space = load_space(write(tmp_path / "s.yaml", SPACE.format(name="deadline")))
     study = open_study(space)

@@ -19,12 +19,12 @@ import pytest
 from optuna.artifacts import get_all_artifact_meta
 from optuna_dashboard import get_note
 
-from search.artifacts import ArtifactReporter, artifact_dir
 from search.cli import main
 from search.config import TrialConfig, studies_dir
-from search.data import load_search_data
-from search.html_report import write_html_report
-from search.study import _storage
+from search.data.datasets import load_search_data
+from search.report.html import write_html_report
+from search.study.artifacts import ArtifactReporter, artifact_dir
+from search.study.run import _storage
 from tests.conftest import pruned_pair_space, write
 
 # Two trials: 0 trains (top block unfrozen), 1 is pruned at epoch 2, its first fine-tuning epoch (the first

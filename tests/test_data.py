@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.data import load_images, load_search_data, load_split, split_indices
+from search.data.datasets import load_images, load_search_data, load_split, split_indices
 from search.errors import UserError
 
 

@@ -16,13 +16,13 @@ import yaml
 from PIL import Image
 
 from search.config import TrialConfig, studies_dir
-from search.data import load_images, load_split
+from search.data.datasets import load_images, load_split
+from search.deliver.export import check_fingerprints, dataset_fingerprint, weights_fingerprint
+from search.deliver.retrain import load_config, retrain
 from search.errors import UserError
-from search.export import check_fingerprints, dataset_fingerprint, weights_fingerprint
-from search.report import write_report
-from search.retrain import load_config, retrain
+from search.report.tables import write_report
 from search.space import load_space, sample
-from search.study import run_study
+from search.study.run import run_study
 from tests.conftest import pruned_pair_space, write
 
 NAME = "exp_retrain"
@@ -48,7 +48,7 @@ def _digest(path):
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A 2-trial study (1 completed, 1 pruned), exported through the CLI with --top 2."""
-    from search.builtin import pretrained_tiny_cnn
+    from search.models.tiny_cnn import pretrained_tiny_cnn
 
     folder = tmp_path_factory.mktemp("export")
     weights = folder / "tiny_cnn.weights.h5"
@@ -63,6 +63,16 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(exported):
     return retrain(exported[1] / "best.yaml", fit="train")  # the trial's own fit, to compare with the trial
+
+
+def test_export_starts_no_tensorflow(exported):
+    """Exporting reads the store, replays the config through the space parser and fingerprints data and weights:
+    none of that needs TensorFlow or Keras, so `make export` starts in a second, not ten."""
+    code = (f"import sys\nfrom search.deliver.export import export\nexport({NAME!r}, top=1)\n"
+            "print([m for m in ('tensorflow', 'keras') if m in sys.modules])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_export_writes_a_fixed_config_that_replays_the_best_trial(exported):
@@ -101,7 +111,7 @@ def test_retrained_model_loads_and_its_test_report_is_honest(first_run):
     probs = model.predict(test.images.astype("float32"), batch_size=64, verbose=0)
     assert probs.shape == (len(test), len(CLASSES))
     assert json.loads((folder / "class_names.json").read_text()) == CLASSES
-    accuracy = float(np.mean(np.argmax(probs, axis=1) == test.labels))  # independent of search.train
+    accuracy = float(np.mean(np.argmax(probs, axis=1) == test.labels))  # independent of search.training.train
     assert record["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
     assert f"| {record['seed']} | {accuracy:.4f} |" in (first_run / "report.md").read_text()
     matrix = pd.read_csv(folder / "confusion_matrix.csv", index_col=0)

@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 from search.cli import main
-from search.errors import TrialError
 from tests.conftest import write
 
 TINY = """
@@ -193,14 +192,14 @@ def test_weights_download_impossible(tmp_path, capsys, stored, monkeypatch):
 
 
 def test_weights_file_for_another_architecture(tmp_path, capsys, stored):
-    from search.builtin import pretrained_tiny_cnn
+    from search.models.tiny_cnn import pretrained_tiny_cnn
 
     path = tiny_space(tmp_path, backbone="mobilenet_v2", weights=pretrained_tiny_cnn(), extra="  alpha: 0.35\n")
     expect_user_error(["study", "--space", str(path)], capsys, stored, "does not fit mobilenet_v2")
 
 
 def test_truncated_weights_file(tmp_path, capsys, stored):
-    from search.builtin import pretrained_tiny_cnn
+    from search.models.tiny_cnn import pretrained_tiny_cnn
 
     cut = tmp_path / "cut.weights.h5"
     cut.write_bytes(open(pretrained_tiny_cnn(), "rb").read()[:5000])
@@ -236,9 +235,9 @@ def test_diverging_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(tm
 def test_fault_inside_a_trial_fails_only_that_trial(fault, reason, tmp_path, monkeypatch):
     import tensorflow as tf
 
-    import search.train
+    import search.training.train
 
-    real_build = search.train.build_model
+    real_build = search.training.train.build_model
     calls = []
 
     def flaky_build(cfg, n):
@@ -249,7 +248,7 @@ def test_fault_inside_a_trial_fails_only_that_trial(fault, reason, tmp_path, mon
             raise ValueError("something unexpected")
         return real_build(cfg, n)
 
-    monkeypatch.setattr(search.train, "build_model", flaky_build)
+    monkeypatch.setattr(search.training.train, "build_model", flaky_build)
     first, second = run_two_trials(tmp_path, fault)
     assert first.state == optuna.trial.TrialState.FAIL
     assert reason in first.user_attrs["ended"]
@@ -257,12 +256,12 @@ def test_fault_inside_a_trial_fails_only_that_trial(fault, reason, tmp_path, mon
 
 
 def test_repeated_failures_stop_the_study(tmp_path, monkeypatch, capsys):
-    import search.train
+    import search.training.train
 
     def broken(cfg, n):
         raise ValueError("always broken")
 
-    monkeypatch.setattr(search.train, "build_model", broken)
+    monkeypatch.setattr(search.training.train, "build_model", broken)
     storage = f"sqlite:///{tmp_path}/broken.db"
     assert main(["study", "--space", str(tiny_space(tmp_path, name="broken", n_trials=10)),
                  "--storage", storage]) == 0
@@ -274,9 +273,9 @@ def test_artifact_store_full_does_not_lose_the_trial(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    import search.artifacts
+    import search.study.artifacts
 
-    monkeypatch.setattr(search.artifacts, "upload_artifact", disk_full)
+    monkeypatch.setattr(search.study.artifacts, "upload_artifact", disk_full)
     trials = run_two_trials(tmp_path, "full")
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert "No space left on device" in trials[0].user_attrs["reporter_error"]

@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from search.space import load_space
-from search.study import run_study
+from search.study.run import run_study
 from tests.conftest import SHARED, write
 
 FLOWERS = SHARED / "data" / "flowers"
@@ -48,7 +48,7 @@ params:
 
 def test_flowers_pipeline_in_miniature(tmp_path):
     """`make bench-flowers` on 30 photos per class and 2 trials: search, export, retrain, both baselines."""
-    from search.flowers_bench import run
+    from search.bench.flowers import run
 
     data = tmp_path / "flowers"
     for folder in sorted(FLOWERS.iterdir()):

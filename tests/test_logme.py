@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from search.logme import class_evidence, logme
+from search.training.logme import class_evidence, logme
 
 
 def log_marginal_likelihood(features, target, alpha, beta):

@@ -12,13 +12,13 @@ import yaml
 
 from search.cli import main
 from search.config import TrialConfig, studies_dir
+from search.deliver.export import export
 from search.errors import UserError
-from search.export import export
-from search.html_report import write_html_report
-from search.pareto import front, pick
-from search.report import write_report
+from search.report.html import write_html_report
+from search.report.tables import write_report
 from search.space import load_space, parse_space
-from search.study import make_pruner, open_study, run_study
+from search.study.pareto import front, pick
+from search.study.run import make_pruner, open_study, run_study
 from tests.conftest import write
 
 DISTS = {"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}

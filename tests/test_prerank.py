@@ -6,10 +6,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search import prerank
 from search.errors import UserError
-from search.rank import Ranked
 from search.space import parse_space, sample
+from search.study import prerank
+from search.training.rank import Ranked
 
 CHOICES = ["tiny_cnn", "mobilenet_v2@0.35", "mobilenet@0.25"]
 
@@ -76,7 +76,7 @@ def test_top_k_and_enqueue_on_a_worker_study(tmp_path, monkeypatch, capsys):
     """The `make workers` path (journal file, queue-only storage): the launcher creates and ranks, a worker
     opening the study later samples only the kept choices and never ranks again."""
     from search.commands.worker import open_worker_study
-    from search.storage import Heartbeat
+    from search.study.storage import Heartbeat
 
     rank = _fake_ranking({"mobilenet@0.25": 2.0, "tiny_cnn": 1.5, "mobilenet_v2@0.35": -1.0})
     monkeypatch.setattr(prerank, "rank_space", rank)
@@ -129,7 +129,7 @@ def test_top_k_and_enqueue_on_a_worker_study(tmp_path, monkeypatch, capsys):
 
 
 def test_rank_on_an_existing_study_is_ignored_and_said(tmp_path, monkeypatch, capsys):
-    from search.study import open_study
+    from search.study.run import open_study
 
     storage = f"sqlite:///{tmp_path}/old.db"
     old = _space("old", storage, None)
@@ -146,7 +146,7 @@ def test_real_ranking_top_1_runs_only_the_best_backbone_and_resumes(tmp_path, mo
     """A real study: LogME on the built-in data, 2 tiny trials, then a resume that does not rank again."""
     from optuna_dashboard import get_note
 
-    from search.study import run_study
+    from search.study.run import run_study
 
     space = _space("real", f"sqlite:///{tmp_path}/real.db", {"top_k": 1, "enqueue": 1},
                    choices=["tiny_cnn", "mobilenet_v2@0.35"])
@@ -248,7 +248,7 @@ def test_rank_check_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == ["error: study 'one' has 1 group(s) of completed trials by (backbone, alpha, image size); "
                    "rank-check needs at least 2",
-                   f"error: no study 'nope' in {storage}; it holds: one"]
+                   f"error: no study 'nope' in {storage}; studies there: one"]
 
 
 def test_compute_logme_is_real():

@@ -5,10 +5,10 @@ import dataclasses
 import pytest
 
 from search.config import TrialConfig
-from search.data import load_search_data
-from search.logme import logme
-from search.rank import features_of, kendall_tau, rank_space
+from search.data.datasets import load_search_data
 from search.space import parse_space
+from search.training.logme import logme
+from search.training.rank import features_of, kendall_tau, rank_space
 
 
 def test_pretrained_features_score_higher_than_random_ones():

@@ -4,9 +4,9 @@ import optuna
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.backbones import BACKBONES
 from search.config import FIELD_TYPES, TrialConfig
 from search.errors import UserError
+from search.models.backbones import BACKBONES
 from search.space import CHOICES, parse_space, sample
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)

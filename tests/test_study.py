@@ -7,7 +7,7 @@ import optuna
 import pytest
 
 from search.space import load_space
-from search.study import run_study
+from search.study.run import run_study
 from tests.conftest import pruned_pair_space, write
 
 # Trial 0 sound, trial 1 pruned by the median pruner; a third trial is sampled (see pruned_pair_space).
@@ -52,7 +52,7 @@ def test_study_completes_stores_and_prunes(study_run):
 def test_a_good_warm_up_does_not_shield_a_fine_tune_that_collapses():
     """The flowers case: 0.87 after the head warm-up, 0.19 after the first fine-tuning epoch. Optuna's median
     pruner compares a trial's best value so far, so only reporting fine-tuning epochs lets it prune this."""
-    from search.objective import FineTunePruning
+    from search.study.objective import FineTunePruning
 
     study = optuna.create_study(direction="maximize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
@@ -85,7 +85,7 @@ def test_changed_space_refuses_to_resume(study_run):
     space, folder = study_run
     changed = load_space(write(folder / "changed.yaml", SPACE.replace("high: 2}", "high: 3}")))
     from search.errors import UserError
-    from search.study import open_study
+    from search.study.run import open_study
 
     with pytest.raises(UserError, match="different space"):
         open_study(changed.with_study(storage=space.study.storage_url))

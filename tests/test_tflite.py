@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from search.config import studies_dir
+from search.deliver.retrain import retrain
+from search.deliver.tflite import convert, export_tflite, find_model, find_run
 from search.errors import UserError
-from search.retrain import retrain
-from search.tflite import convert, export_tflite, find_model, find_run
 from tests.conftest import write
 
 CONFIG = """
@@ -94,7 +94,7 @@ def test_the_file_runs_like_the_keras_model(exported):
     import keras
     import tensorflow as tf
 
-    from search.data import load_split
+    from search.data.datasets import load_split
 
     _, run, out, _ = exported
     model = keras.models.load_model(run / "seed-0" / "model.keras", safe_mode=True)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def postgres():
 def warm(tmp_path_factory):
     """The built-in backbone's pretraining, once, before any worker process needs it (shared home)."""
     from search.space import load_space
-    from search.study import prepare
+    from search.study.run import prepare
 
     prepare(load_space(write(tmp_path_factory.mktemp("warm") / "s.yaml", SPACE.format(name="warm", n_trials=1))))
 
@@ -97,7 +96,7 @@ def _cli(*args, timeout=300):
 
 
 def _load(name, url):
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     return optuna.load_study(study_name=name, storage=open_storage(url))
 
@@ -115,8 +114,8 @@ def shared_url(request, tmp_path):
 RACER = """
 import sys, time
 import optuna
-from search.storage import Heartbeat, open_storage
-from search.workers import work
+from search.study.storage import Heartbeat, open_storage
+from search.study.workers import work
 
 url, name, seed, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -136,8 +135,8 @@ work(study, objective, heartbeat)
 def test_racing_workers_reach_exactly_the_cap(shared_url):
     """Four processes that ask for trials at the same moments take exactly the queued total: no trial row
     beyond it, none twice. (MaxTrialsCallback alone checks after a trial, so racers overshoot.)"""
-    from search.storage import open_storage
-    from search.workers import queue_trials
+    from search.study.storage import open_storage
+    from search.study.workers import queue_trials
 
     name, cap = "race", 40
     study = optuna.create_study(study_name=name, storage=open_storage(shared_url))
@@ -194,7 +193,7 @@ def test_three_workers_on_postgres_reach_exactly_the_cap(postgres, warm, tmp_pat
 
 def _kill_a_worker_mid_trial(url, name, proc, out_path):
     """SIGKILL the process of a trial that has reported an epoch and has more to go; (trial, pid)."""
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     storage = open_storage(url)  # one connection for all the polling
     deadline = time.monotonic() + 180
@@ -240,7 +239,7 @@ def test_a_killed_worker_loses_only_its_trial(kind, warm, tmp_path, request):
     assert len({t.user_attrs["worker"] for t in after}) == 2, out  # both survivors went on
 
     from search.space import load_space
-    from search.study import run_study
+    from search.study.run import run_study
 
     run_study(load_space(space_file).with_study(storage=url), n_trials=1, reporters=())  # resumes
     resumed = _load(name, url).trials
@@ -276,7 +275,7 @@ def test_recover_fails_dead_workers_trials_and_requeues_them_once(tmp_path):
     longer than the grace period too; a live worker's trial is left alone. `recover` re-queues each once."""
     import warnings
 
-    from search.storage import HEARTBEAT_ATTR, HOST, Heartbeat, open_storage
+    from search.study.storage import HEARTBEAT_ATTR, HOST, Heartbeat, open_storage
 
     url = f"journal:///{tmp_path}/j.log"
     storage = open_storage(url, heartbeat=Heartbeat(1, 60))
@@ -318,8 +317,8 @@ def test_recover_fails_dead_workers_trials_and_requeues_them_once(tmp_path):
 
 
 def test_an_interrupted_trial_goes_back_into_the_queue(tmp_path):
-    from search.storage import Heartbeat, open_storage
-    from search.workers import queue_trials, work
+    from search.study.storage import Heartbeat, open_storage
+    from search.study.workers import queue_trials, work
 
     storage = open_storage(f"journal:///{tmp_path}/i.log", heartbeat=Heartbeat(1, 5), queue_only=True)
     study = optuna.create_study(study_name="i", storage=storage)
@@ -337,7 +336,7 @@ def test_an_interrupted_trial_goes_back_into_the_queue(tmp_path):
 
 
 def test_copy_study_from_sqlite_to_postgres(postgres, tmp_path):
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     source = f"sqlite:///{tmp_path}/old.db"
     study = optuna.create_study(study_name="old", storage=open_storage(source), direction="maximize")
@@ -368,7 +367,7 @@ def test_copy_study_from_sqlite_to_postgres(postgres, tmp_path):
 ])
 def test_bad_storage_urls_are_one_line_errors(url, message):
     from search.errors import UserError
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     with pytest.raises(UserError) as info:
         open_storage(url)

@@ -26,7 +26,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from search import bench
+    from search.bench import cache as bench
     from search.config import studies_dir
 
     out = Path(args.out) if args.out else studies_dir() / "bench"
@@ -56,9 +56,9 @@ def run(args) -> int:
 
 
 def _base_config(args):
-    from search.backbones import BACKBONES
-    from search.bench import infer_backbone
+    from search.bench.cache import infer_backbone
     from search.config import TrialConfig
+    from search.models.backbones import BACKBONES
 
     backbone, alpha = args.backbone, args.alpha
     if backbone is None:

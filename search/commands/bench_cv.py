@@ -19,8 +19,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from search.bench.selection import run as bench
     from search.device import configure_devices
-    from search.selection_bench import run as bench
 
     if args.budget <= 0 or args.study_seeds < 1 or args.top < 1:
         raise UserError("--budget must be positive, --study-seeds and --top at least 1")

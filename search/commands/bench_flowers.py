@@ -31,8 +31,8 @@ def _whole(text: str) -> int:
 
 
 def run(args) -> int:
+    from search.bench.flowers import run as bench
     from search.device import configure_devices
-    from search.flowers_bench import run as bench
 
     if args.budget <= 0 or args.seeds < 1:
         raise UserError("--budget must be positive and --seeds at least 1")

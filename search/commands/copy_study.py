@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import optuna
 
-    from search.storage import open_storage
+    from search.study.storage import open_storage
 
     target_name = args.to_study or args.study
     if args.source == args.target and target_name == args.study:

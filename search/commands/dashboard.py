@@ -14,14 +14,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from search.config import studies_dir
-    from search.dashboard import serve
+    from search.report.dashboard import serve
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
-    storage = args.storage or f"sqlite:///{studies_dir() / args.study}.db"
     try:
-        serve(args.study, storage, args.host, args.port)
+        serve(args.study, args.storage, args.host, args.port)
     except KeyboardInterrupt:
         print("dashboard stopped")
     return 0

@@ -17,7 +17,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from search.export import export
+    from search.deliver.export import export
 
     written = export(args.study, args.storage, args.top, args.pick, args.max_params)
     configs = [p for p in written if p.suffix == ".yaml"]

@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from search.tflite import export_tflite, table
+    from search.deliver.tflite import export_tflite, table
 
     folder, report = export_tflite(args.config, args.run, args.seed, args.runs, args.warmup)
     print(table(report))

@@ -13,8 +13,8 @@ def run(args) -> int:
     import csv
 
     from search.config import studies_dir
-    from search.rank import markdown, rank_space
     from search.space import load_space
+    from search.training.rank import markdown, rank_space
 
     space = load_space(args.space, args.set)
     rows = rank_space(space)

@@ -2,7 +2,7 @@
 
 COMPLETE trials grouped by (backbone, alpha, image size); per group the best validation accuracy (and the mean
 of the top 3) against its LogME (the study's stored ranking, else computed now); Kendall's tau over the groups.
-Written to studies/<name>/rank_check.md. See search/prerank.py.
+Written to studies/<name>/rank_check.md. See search/study/prerank.py.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ def run(args) -> int:
 
     import optuna
 
-    from search.export import load_study, output_dir
-    from search.prerank import agreement_markdown, check_agreement
+    from search.deliver.export import output_dir
+    from search.study.prerank import agreement_markdown, check_agreement
+    from search.study.storage import open_existing_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = load_study(args.study, args.storage)
+    study, _ = open_existing_study(args.study, args.storage)
     table = agreement_markdown(check_agreement(study, recompute=args.recompute))
     print(table, end="")
     out = Path(args.out) if args.out else output_dir(args.study) / "rank_check.md"

@@ -18,22 +18,14 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import optuna
     from optuna.trial import TrialState
 
-    from search.config import studies_dir
-    from search.storage import Heartbeat, open_storage
-    from search.workers import recover
+    from search.study.storage import Heartbeat, open_existing_study
+    from search.study.workers import recover
 
     if args.grace_period < 2:
         raise UserError(f"--grace-period must be at least 2 seconds, got {args.grace_period}")
-    url = args.storage or f"sqlite:///{studies_dir() / args.study}.db"
-    storage = open_storage(url, heartbeat=Heartbeat(interval=1, grace=args.grace_period), must_exist=True)
-    try:
-        study = optuna.load_study(study_name=args.study, storage=storage)
-    except KeyError:
-        names = sorted(s.study_name for s in storage.get_all_studies())
-        raise UserError(f"no study {args.study!r} in {url}; studies there: {', '.join(names) or 'none'}") from None
+    study, _ = open_existing_study(args.study, args.storage, heartbeat=Heartbeat(interval=1, grace=args.grace_period))
     found = recover(study)
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     print(f"study {args.study!r}: {found} stale trial(s) failed; {running} still running (workers alive)"

@@ -10,7 +10,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from search.commands import report_html
-    from search.report import write_report
+    from search.report.tables import write_report
 
     for path in write_report(args.study, args.storage):
         print(f"wrote {path}")

@@ -11,16 +11,11 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    import optuna
+    from search.report.html import write_html_report
+    from search.study.artifacts import artifact_dir
+    from search.study.storage import open_existing_study
 
-    from search.artifacts import artifact_dir
-    from search.config import studies_dir
-    from search.dashboard import open_storage
-    from search.html_report import write_html_report
-
-    storage_url = args.storage or f"sqlite:///{studies_dir() / args.study}.db"
-    storage, _ = open_storage(args.study, storage_url)
-    study = optuna.load_study(study_name=args.study, storage=storage)
+    study, storage_url = open_existing_study(args.study, args.storage)
     out = write_html_report(study, args.out or artifact_dir(storage_url, args.study).parent / "report.html")
     print(f"wrote {out}")
     return 0

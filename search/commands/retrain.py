@@ -15,8 +15,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from search.deliver.retrain import retrain
     from search.device import configure_devices
-    from search.retrain import retrain
 
     print(f"device: {configure_devices()}", flush=True)
     folder = retrain(args.config, args.seeds, args.set, fit=args.fit)

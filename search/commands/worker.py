@@ -1,7 +1,7 @@
 """`python -m search worker`: one worker on a shared study (run by `workers`, or by hand on another machine).
 
 It takes queued trials until the queue is empty; `--n-trials N` first tops the queue up to N. See
-search/workers.py for the queue and search/storage.py for heartbeats and recovery.
+search/study/workers.py for the queue and search/study/storage.py for heartbeats and recovery.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def run(args) -> int:
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
-    from search.workers import limit_threads
+    from search.study.workers import limit_threads
 
     if args.threads:
         limit_threads(args.threads)  # before anything else starts TensorFlow
@@ -65,15 +65,15 @@ def run(args) -> int:
 
     import optuna
 
-    from search import prerank
-    from search.artifacts import ArtifactReporter, artifact_dir
     from search.device import configure_devices
     from search.errors import TrialError
-    from search.objective import Objective, StopAfterFailures
     from search.space import load_space
-    from search.storage import Heartbeat
-    from search.study import prepare, print_trial
-    from search.workers import queue_trials, recover, work
+    from search.study import prerank
+    from search.study.artifacts import ArtifactReporter, artifact_dir
+    from search.study.objective import Objective, StopAfterFailures
+    from search.study.run import prepare, print_trial
+    from search.study.storage import Heartbeat
+    from search.study.workers import queue_trials, recover, work
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial is ours
     space = load_space(args.space).with_study(name=args.name, storage=args.storage)
@@ -108,9 +108,9 @@ def run(args) -> int:
 
 def open_worker_study(space, heartbeat, index):
     """The study on a queue_only storage with heartbeats, and this worker's own sampler seed."""
-    from search.storage import open_storage
-    from search.study import make_sampler, open_study
-    from search.workers import worker_seed
+    from search.study.run import make_sampler, open_study
+    from search.study.storage import open_storage
+    from search.study.workers import worker_seed
 
     storage = open_storage(space.study.storage_url, heartbeat=heartbeat, queue_only=True)
     sampler = make_sampler(space, seed=worker_seed(space.study.seed, index), parallel=True)

@@ -34,7 +34,7 @@ def run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     from search.space import load_space
-    from search.storage import file_path, is_sqlite, shown
+    from search.study.storage import file_path, is_sqlite, shown
 
     space = load_space(args.space).with_study(name=args.name, storage=args.storage)
     url, name = space.study.storage_url, space.study.name
@@ -47,12 +47,12 @@ def run(args) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    from search.artifacts import save_study_note
     from search.commands.worker import open_worker_study
     from search.device import configure_devices
-    from search.storage import Heartbeat
-    from search.study import prepare, summarize
-    from search.workers import describe_exit, gpu_ids, launch, queue_trials, recover, threads_per_worker
+    from search.study.artifacts import save_study_note
+    from search.study.run import prepare, summarize
+    from search.study.storage import Heartbeat
+    from search.study.workers import describe_exit, gpu_ids, launch, queue_trials, recover, threads_per_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     total = args.n_trials or space.study.n_trials

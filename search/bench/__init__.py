@@ -1,0 +1,1 @@
+"""Benchmarks (make bench*): each measures one claim side by side and writes its report under studies/."""

@@ -1,0 +1,226 @@
+"""Datasets: decode once per process, split deterministically, feed tf.data pipelines.
+
+A dataset spec is one string:
+  builtin:shapes | builtin:shapes-source   the offline tasks of search/data/builtin.py
+  tfds:<name>                              a TensorFlow Datasets name (needs the network or a TFDS cache)
+  <folder>                                 one sub-folder per class, images inside (Keras/Kaggle layout)
+Images are decoded and resized once per (spec, image size) and kept in memory as uint8; every trial of
+the process reuses them. The split is stratified and depends only on the split fractions and split seed,
+so the test part is the same in every trial, in export and in retraining, and a study never sees it.
+"""
+
+from __future__ import annotations
+
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from search.data import builtin
+from search.errors import UserError
+from search.memo import ArrayMemo
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a split's images come from: rows `index` of the concatenation of `bases`. Splits cut from one
+    array (cross-validation folds) share their bases, so the frozen part's outputs are computed once per
+    base image and sliced per fold (search.training.train), never once per fold."""
+
+    bases: tuple  # of uint8 image arrays that live for the process (their hashes are memoised by id)
+    index: np.ndarray  # int64 rows into np.concatenate(bases)
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # uint8 [N, size, size, 3]
+    labels: np.ndarray  # int32 [N]
+    origin: Origin | None = None  # set for folds: images == concatenate(origin.bases)[origin.index]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def subset(split: Split, index: np.ndarray) -> Split:
+    """Rows `index` of a split, remembering that they come from it (see Origin)."""
+    index = np.asarray(index, dtype=np.int64)
+    return Split(split.images[index], split.labels[index], Origin((split.images,), index))
+
+
+@dataclass(frozen=True)
+class SearchData:
+    """What a study may see: train and validation. The test part is loaded only by retraining."""
+
+    train: Split
+    val: Split
+    class_names: tuple[str, ...]
+
+
+@functools.lru_cache(maxsize=4)
+def load_images(spec: str, image_size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """All images of a dataset at one size, decoded once per process: (uint8 images, labels, classes)."""
+    if spec.startswith("builtin:"):
+        images, labels, classes = _load_builtin(spec.split(":", 1)[1])
+        if images.shape[1] != image_size:
+            images = _resize_all(images, image_size)
+    elif spec.startswith("tfds:"):
+        images, labels, classes = _load_tfds(spec.split(":", 1)[1], image_size)
+    else:
+        images, labels, classes = _load_folder(Path(spec), image_size)
+    return images, labels.astype(np.int32), tuple(classes)
+
+
+def _load_builtin(name: str):
+    if name not in builtin.TASKS:
+        raise UserError(f"unknown built-in dataset {name!r}; valid: {', '.join(builtin.TASKS)}")
+    return builtin.make_task(name)
+
+
+def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+
+
+def _read_image(path: Path, size: int) -> np.ndarray | None:
+    """One image as uint8 RGB at size x size, or None if the file is not a readable image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")  # grayscale, RGBA, CMYK, palette, 16-bit all become 8-bit RGB
+            return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def _load_folder(root: Path, size: int):
+    if not root.is_dir():
+        raise UserError(f"dataset folder {str(root)!r} does not exist (expected one sub-folder per class)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(classes) < 2:
+        raise UserError(f"dataset folder {str(root)!r} has {len(classes)} class sub-folder(s); need at least 2")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UserError(f"class folder {str(root / name)!r} has no images")
+        files += found
+        labels += [label] * len(found)
+    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
+        decoded = list(pool.map(lambda p: _read_image(p, size), files))
+    bad = [str(f) for f, im in zip(files, decoded) if im is None]
+    if bad:  # skip unreadable files, say so once, keep going: one broken JPEG must not stop a study
+        print(f"warning: skipped {len(bad)} unreadable image(s), first: {bad[0]}", flush=True)
+    keep = [i for i, im in enumerate(decoded) if im is not None]
+    images = np.stack([decoded[i] for i in keep])
+    return images, np.asarray([labels[i] for i in keep]), classes
+
+
+def _load_tfds(name: str, size: int):
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise UserError("tfds datasets need tensorflow-datasets: pip install tensorflow-datasets") from None
+    try:
+        ds, info = tfds.load(name, split="train", as_supervised=True, with_info=True)
+    except Exception as exc:
+        raise UserError(
+            f"cannot load TFDS dataset {name!r} ({type(exc).__name__}): download it once on a machine with "
+            f"network into ~/tensorflow_datasets/, or export it as an image folder and pass the folder"
+        ) from exc
+    import tensorflow as tf
+
+    ds = ds.map(lambda x, y: (tf.cast(tf.image.resize(x, (size, size)), tf.uint8), y))
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in ds))
+    return np.stack(images), np.asarray(labels), list(info.features["label"].names)
+
+
+def split_indices(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train/val/test indices; every class gets at least one image in every part."""
+    rng = np.random.default_rng(seed)
+    parts: tuple[list, list, list] = ([], [], [])
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n_val = int(round(len(idx) * fractions[1]))
+        n_test = int(round(len(idx) * fractions[2]))
+        n_train = len(idx) - n_val - n_test
+        if min(n_train, n_val, n_test) < 1:
+            raise UserError(
+                f"class {int(label)} has {len(idx)} image(s): too few for the split {list(fractions)} "
+                f"(every class needs at least one image in train, validation and test)")
+        parts[0].append(idx[:n_train])
+        parts[1].append(idx[n_train:n_train + n_val])
+        parts[2].append(idx[n_train + n_val:])
+    return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
+
+
+def load_split(spec: str, image_size: int, fractions, seed: int, part: str) -> Split:
+    images, labels, _ = load_images(spec, image_size)
+    idx = dict(zip(("train", "val", "test"), split_indices(labels, fractions, seed)))[part]
+    return Split(images[idx], labels[idx])
+
+
+@functools.lru_cache(maxsize=4)
+def load_search_data(spec: str, image_size: int, fractions: tuple, seed: int) -> SearchData:
+    """Train and validation parts only: the study has no handle on the test images."""
+    classes = load_images(spec, image_size)[2]
+    return SearchData(
+        train=load_split(spec, image_size, fractions, seed, "train"),
+        val=load_split(spec, image_size, fractions, seed, "val"),
+        class_names=classes,
+    )
+
+
+_mirrored = ArrayMemo(keep=1)  # one at a time: a doubled 224 px split is hundreds of MB
+
+
+def with_mirrors(split: Split) -> Split:
+    """The split followed by its left-right mirror images (`augment: mirror`), built once per split object.
+
+    A fixed augmentation: unlike random layers, the frozen part's outputs for these images can be cached,
+    so a trial costs about twice a plain one instead of every epoch going through the whole backbone.
+    A fold (a split with an Origin) gets the mirrors of its base instead, so every fold shares them."""
+    if split.origin is not None and len(split.origin.bases) == 1:
+        base = split.origin.bases[0]
+        index = np.concatenate([split.origin.index, split.origin.index + len(base)])
+        return Split(np.concatenate([split.images, split.images[:, :, ::-1]]),
+                     np.concatenate([split.labels, split.labels]), Origin((base, mirror_images(base)), index))
+    return _mirrored.get(split.images, lambda images: Split(np.concatenate([images, images[:, :, ::-1]]),
+                                                           np.concatenate([split.labels, split.labels])))
+
+
+_mirror_images = ArrayMemo(keep=1)  # one base at a time, as for with_mirrors
+
+
+def mirror_images(images: np.ndarray) -> np.ndarray:
+    """The left-right mirror of an image array, built once per array object (a fold base's mirrors)."""
+    return _mirror_images.get(images, lambda a: np.ascontiguousarray(a[:, :, ::-1]))
+
+
+@functools.lru_cache(maxsize=2)
+def load_pool(spec: str, image_size: int, fractions: tuple, seed: int) -> Split:
+    """Every non-test image (train + validation of the split) as one array, in index order: what
+    cross-validation folds and the final refit use. The test part is the same as load_split's."""
+    images, labels, _ = load_images(spec, image_size)
+    train, val, _ = split_indices(labels, fractions, seed)
+    idx = np.sort(np.concatenate([train, val]))
+    return Split(images[idx], labels[idx])
+
+
+def make_dataset(split: Split, num_classes: int, batch_size: int, shuffle: bool, seed: int = 0):
+    """A tf.data pipeline of (float32 pixels 0-255, one-hot labels), prefetching."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    if shuffle:
+        ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(
+        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE)

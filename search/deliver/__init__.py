@@ -1,0 +1,1 @@
+"""After a study: export the winner (best.yaml), retrain it and test it once, convert it to TensorFlow Lite."""

@@ -1,0 +1,305 @@
+"""The Optuna objective: sample a TrialConfig, fine-tune it, report, record everything on the trial.
+
+With K folds (the study's FOLDS_ATTR, search/data/folds.py) a trial is K trainings and its value their mean
+validation accuracy. Pruning races across folds: inside fold 1 every fine-tuning epoch is reported at
+step = epoch, as for a single split; after fold i (0-based) the running mean over folds 0..i is reported at
+step = fold_step0 + i, past every epoch step, so steps only grow and a trial hopeless on fold 1 stops there.
+
+A study's `timeout` is a deadline for running trials too: Optuna only stops starting new ones, and a full
+fine-tune with folds can run 20 minutes past it. A running trial checks the deadline at each epoch's end and
+between folds, and stops there, pruned at its last reported step (ended: "stopped at the study's deadline").
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+import traceback
+
+import keras
+import numpy as np
+import optuna
+from optuna_integration import KerasPruningCallback
+
+from search import signals
+from search.config import TrialConfig
+from search.data.datasets import load_search_data
+from search.data.folds import best_finetune_epochs, study_folds
+from search.errors import TrialError, UserError
+from search.models.cost import COSTS, architecture, measure
+from search.space import Space, sample
+from search.study.record import TrialRecord, write
+from search.training.crossval import CVResult, cross_validate
+from search.training.train import TrainResult, train
+
+
+def search_data_for(cfg: TrialConfig):
+    """Train and validation parts for a config (decoded once per process, see search.data.datasets)."""
+    return load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
+
+
+class Objective:
+    """Callable objective; the decoded images live in search.data.datasets's per-process cache, not here.
+
+    `reporters` run after every trial, whatever its end, as reporter(trial, cfg, curve, result,
+    class_names) with result None for pruned or failed trials (artifacts, notes). A reporter that
+    raises does not change the trial's outcome; its error is kept in the user attr "reporter_error".
+    """
+
+    def __init__(self, space: Space, reporters=(), deadline: float | None = None):
+        """deadline: a time.monotonic() value past which running trials stop (None: never)."""
+        self.space = space
+        self.reporters = list(reporters)
+        self.deadline = deadline
+        # the first fold-level step: past every epoch step any trial of this space (or its queue) can report
+        most = lambda name: max([*space.values(name), *(e[name] for e in space.enqueue if name in e)])  # noqa: E731
+        self.fold_step0 = most("warmup_epochs") + most("finetune_epochs")
+        self.fold = 0  # the fold being trained (cross-validated trials), for the `ended` message
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        cfg = sample(trial, self.space)
+        write(trial, config=cfg.to_dict())
+        data = search_data_for(cfg)
+        folds = study_folds(trial.study)
+        curve: list[dict] = []
+        result = None
+        callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal(), self._deadline()) if c is not None]
+        try:
+            if folds > 1:
+                cv = cross_validate(cfg, folds, lambda i: self._fold_callbacks(i, callbacks, cfg), curve,
+                                    lambda i, values: self._race(trial, i, folds, values))
+                result = cv.result
+                record_result(trial, result)
+                record_cv(trial, cv)
+            else:
+                result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve)
+                record_result(trial, result)
+                write(trial, refit_epochs=best_finetune_epochs(curve, cfg.warmup_epochs))
+            cost_name = self.space.study.cost
+            if cost_name is None:
+                return result.metrics["accuracy"]
+            spent = self._cost(trial, cost_name, result.model, cfg.image_size)
+            write(trial, **{cost_name: spent})
+            return result.metrics["accuracy"], spent
+        except FoldPruned as exc:
+            write(trial, ended=f"pruned {exc}")
+            raise
+        except DeadlineReached as exc:
+            where = f" of fold {self.fold + 1} of {folds}" if folds > 1 else ""
+            write(trial, ended=f"{exc} after epoch {exc.epoch + 1}{where}" if exc.epoch is not None
+                                else f"{exc} after fold {self.fold + 1} of {folds}")
+            trial.study.stop()  # Optuna's own clock started a moment later than ours: start nothing more
+            raise
+        except optuna.TrialPruned as exc:
+            why = f": {exc}" if isinstance(exc, BelowFloor) else ""
+            if folds > 1 and self.fold > 0:  # a floor in a later fold (fold 1's curve is the trial's)
+                write(trial, ended=f"pruned in fold {self.fold + 1} of {folds}{why}")
+            else:
+                fold = " of fold 1" if folds > 1 else ""
+                write(trial, ended=f"pruned after epoch {curve[-1]['epoch'] if curve else 0}{fold}{why}")
+            raise
+        except TrialError as exc:
+            write(trial, ended=f"failed: {exc}")
+            raise
+        except UserError:
+            raise  # the user's to fix (stops the study), not this trial's
+        except Exception as exc:  # a bug or an unforeseen library error: this trial fails, the study goes on
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            write(trial, ended=f"failed: {reason}")
+            write(trial, traceback=traceback.format_exc()[-4000:])
+            raise TrialError(reason) from exc
+        finally:
+            write(trial, curve=[_round(r) for r in curve])
+            for reporter in self.reporters:
+                try:
+                    reporter(trial, cfg, curve, result, data.class_names)
+                except Exception as exc:  # an artifact that cannot be written must not lose the trial
+                    write(trial, reporter_error=f"{type(exc).__name__}: {exc}"[:300])
+            keras.backend.clear_session()  # without these two, memory grows trial after trial
+            gc.collect()
+
+    @staticmethod
+    def _cost(trial: optuna.Trial, name: str, model, image_size: int) -> float:
+        """The cost of the full image -> softmax model; a latency already measured in this study for the same
+        architecture is reused (search/models/cost.py says why)."""
+        if not COSTS[name].per_architecture:
+            return measure(name, model, image_size)  # exact: nothing to reuse
+        key = architecture(model)
+        write(trial, architecture=key)
+        for done in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            record = TrialRecord.of(done)
+            if record.architecture == key and record.cost(name) is not None:
+                return record.cost(name)
+        return measure(name, model, image_size)
+
+    def _fold_callbacks(self, fold: int, first: list, cfg: TrialConfig) -> list:
+        """Fold 1: the trial's callbacks (per-epoch pruning). Folds 2..K: no per-epoch report (those steps
+        belong to fold 1); a Pareto study's floor still applies per epoch."""
+        self.fold = fold
+        if fold == 0:
+            return first
+        floor = self._pruning(None, cfg) if self.space.study.cost is not None else None
+        return [c for c in (floor, StopOnSignal(), self._deadline()) if c is not None]
+
+    def _deadline(self):
+        return None if self.deadline is None else StopAtDeadline(self.deadline)
+
+    def _race(self, trial: optuna.Trial, fold: int, folds: int, values: list[float]) -> None:
+        """After fold `fold`: record the folds so far (a pruned trial keeps them) and report their mean."""
+        mean = sum(values) / len(values)
+        write(trial, cv_fold_values=[round(v, 5) for v in values])
+        if fold == folds - 1:
+            return  # the last fold: the value itself follows
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise DeadlineReached(None)
+        if self.space.study.cost is not None:
+            return  # multi-objective: Optuna cannot prune
+        step = self.fold_step0 + fold
+        trial.report(mean, step=step)
+        if self._loses_race(trial, step, mean):
+            raise FoldPruned(f"after fold {fold + 1} of {folds}: mean val_accuracy {mean:.4f} so far")
+
+    def _loses_race(self, trial: optuna.Trial, step: int, mean: float) -> bool:
+        """The median rule on the running mean itself. Optuna's median pruner judges a trial by its best value
+        over all its steps, and fold 1's epoch peaks would then shield a trial whose later folds fail: compare
+        the mean after this fold with the completed trials' means after the same fold. Other pruners decide
+        as they do for epochs."""
+        pruner = self.space.study.pruner
+        if pruner["type"] != "median":
+            return trial.should_prune()
+        if step < pruner.get("n_warmup_steps", 0):
+            return False
+        completed = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        at_step = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
+        if len(completed) < pruner.get("n_startup_trials", 5) or not at_step:
+            return False
+        return mean < float(np.median(at_step))
+
+    def _pruning(self, trial: optuna.Trial, cfg: TrialConfig):
+        if self.space.study.cost is None:
+            return FineTunePruning(trial, first_epoch=cfg.warmup_epochs if cfg.finetune_epochs > 0 else 0)
+        # Multi-objective: Optuna's trial.report/should_prune raise NotImplementedError, so no Optuna pruner;
+        # the threshold rule, if the space asks for it, is applied here. Phase 2's early stopping still cuts
+        # every trial short once validation accuracy stops improving.
+        pruner = self.space.study.pruner
+        if pruner["type"] == "threshold":
+            return AccuracyFloor(pruner["lower"], pruner.get("n_warmup_steps", 0))
+        return None
+
+
+class FineTunePruning(KerasPruningCallback):
+    """optuna-integration's callback (it works with Keras 3: val_accuracy reported at step = epoch; phase 2
+    continues the epoch count), reporting the fine-tuning epochs only.
+
+    Optuna's median and percentile pruners compare a trial's BEST value so far with the other trials' values
+    at the same step. Were the head warm-up reported, a trial whose warm-up went well could never be pruned
+    however badly fine-tuning then went: on flowers a full fine-tune at learning rate 2e-3 fell from 0.87 to
+    0.19 at its first fine-tuning epoch and ran on to the end. The warm-up itself is cheap (cached) and nearly
+    the same recipe for every trial; its epochs stay in the trial's curve."""
+
+    def __init__(self, trial: optuna.Trial, first_epoch: int):
+        super().__init__(trial, "val_accuracy")
+        self.first_epoch = first_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch >= self.first_epoch:
+            super().on_epoch_end(epoch, logs)
+
+
+class FoldPruned(optuna.TrialPruned):
+    """Pruned between folds: the running mean over the folds so far lost the race (message says where)."""
+
+
+class DeadlineReached(optuna.TrialPruned):
+    """The study's deadline passed while this trial ran; `epoch` is where it stopped (None: between folds)."""
+
+    def __init__(self, epoch: int | None):
+        super().__init__("stopped at the study's deadline")
+        self.epoch = epoch
+
+
+class StopAtDeadline(keras.callbacks.Callback):
+    """Ends a running trial at the first epoch end past the study's deadline (time.monotonic())."""
+
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+
+    def on_epoch_end(self, epoch, logs=None):
+        if time.monotonic() >= self.deadline:
+            raise DeadlineReached(epoch)
+
+
+class BelowFloor(optuna.TrialPruned):
+    """Pruned by AccuracyFloor (its message says at what accuracy)."""
+
+
+class AccuracyFloor(keras.callbacks.Callback):
+    """Optuna's ThresholdPruner rule for a study Optuna cannot prune: from epoch `n_warmup_steps` on (both
+    phases counted), a trial whose validation accuracy is below `lower` (or NaN) is pruned. In a Pareto study
+    this also keeps a cheap model that learned nothing off the front: only completed trials can be on it."""
+
+    def __init__(self, lower: float, n_warmup_steps: int = 0):
+        super().__init__()
+        self.lower, self.n_warmup_steps = lower, n_warmup_steps
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy = float((logs or {}).get("val_accuracy", float("nan")))
+        if epoch >= self.n_warmup_steps and not accuracy >= self.lower:
+            raise BelowFloor(f"val_accuracy {accuracy:.4f} below the floor {self.lower:g}")
+
+
+def _round(record: dict) -> dict:
+    return {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}
+
+
+def record_result(trial: optuna.Trial, result: TrainResult) -> None:
+    m = result.metrics
+    attrs = {
+        "ended": "completed",
+        "val_accuracy": m["accuracy"],
+        "val_macro_precision": m["macro_precision"],
+        "val_macro_recall": m["macro_recall"],
+        "val_macro_f1": m["macro_f1"],
+        "val_per_class_f1": {name: round(c["f1"], 4) for name, c in m["per_class"].items()},
+        "val_confusion_matrix": m["confusion_matrix"],
+        "initial_val_accuracy": result.initial_accuracy,
+        "train_accuracy": result.train_accuracy,
+        "train_val_gap": result.train_accuracy - m["accuracy"],
+        "params_total": result.params_total,
+        "params_trainable": result.params_trainable,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 3),
+        "seconds_total": round(result.seconds_total, 3),
+    }
+    write(trial, **attrs)
+
+
+def record_cv(trial: optuna.Trial, cv: CVResult) -> None:
+    """Fold values, their mean ± std and the refit's epoch count, where the dashboard and export read them."""
+    mean, std = cv.mean_std
+    attrs = {"cv_folds": len(cv.fold_values), "cv_fold_values": [round(v, 5) for v in cv.fold_values],
+             "cv_mean": mean, "cv_std": std, "cv_best_epochs": cv.best_epochs, "refit_epochs": cv.refit_epochs}
+    write(trial, **attrs)
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Re-raise a Ctrl-C or SIGTERM that Python swallowed in a finalizer (see search.signals)."""
+
+    def on_epoch_end(self, epoch, logs=None):  # not per batch: batch hooks would slow every step
+        if signals.requested:
+            raise KeyboardInterrupt(signals.requested)
+
+
+class StopAfterFailures:
+    """Study callback: stop after `limit` failed trials in a row, which means a bug, not bad luck."""
+
+    def __init__(self, limit: int = 3):
+        self.limit, self.in_a_row = limit, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        failed = trial.state == optuna.trial.TrialState.FAIL
+        self.in_a_row = self.in_a_row + 1 if failed else 0
+        if self.in_a_row >= self.limit:
+            print(f"stopping: the last {self.limit} trials failed (last: {TrialRecord.of(trial).ended or '?'})",
+                  flush=True)
+            study.stop()

@@ -1,0 +1,242 @@
+"""Create or resume a study from a space, check everything before the first trial, run it."""
+
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+import optuna
+from tqdm import tqdm
+
+from search.data.datasets import load_images, load_search_data, split_indices
+from search.data.folds import FOLDS_ATTR, choose_folds, study_folds
+from search.errors import TrialError, UserError
+from search.models.backbones import build_backbone, get_backbone
+from search.space import Space, backbone_variants
+from search.study import prerank
+from search.study.artifacts import ArtifactReporter, artifact_dir, save_study_note
+from search.study.objective import Objective, StopAfterFailures
+from search.study.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
+from search.study.record import SPACE_ATTR, TrialRecord
+from search.study.storage import Heartbeat, sqlite_timeout
+from search.study.storage import open_storage as _storage  # noqa: F401 (its old name here; export.py and tests use it)
+
+
+def make_sampler(space: Space, seed: int | None = None, parallel: bool = False) -> optuna.samplers.BaseSampler:
+    """seed: the study's unless given (each worker gets its own, or they would all propose the same
+    params). parallel: TPE's constant liar, so a worker avoids the points other workers are running."""
+    options = dict(space.study.sampler)
+    kind = options.pop("type", "tpe")
+    seed = space.study.seed if seed is None else seed
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if parallel:
+        options.setdefault("constant_liar", True)
+    return optuna.samplers.TPESampler(seed=seed, **options)
+
+
+def make_pruner(space: Space) -> optuna.pruners.BasePruner:
+    options = dict(space.study.pruner)
+    kind = options.pop("type", "median")
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
+    if kind == "hyperband":
+        epochs = [w + f for w in space.values("warmup_epochs") for f in space.values("finetune_epochs")]
+        return optuna.pruners.HyperbandPruner(max_resource=max(epochs), **options)
+    if kind == "threshold" and not space.study.cost:  # multi-objective: search.study.objective.AccuracyFloor instead
+        return optuna.pruners.ThresholdPruner(**options)
+    return optuna.pruners.NopPruner()
+
+
+def directions(space: Space) -> list[str]:
+    return ["maximize"] + ["minimize"] * (len(space.study.objectives) - 1)
+
+
+def metric_names(space: Space) -> list[str]:
+    """The axes' names in optuna-dashboard (and the trials_dataframe's values_* columns)."""
+    return ["val_accuracy", *space.study.objectives[1:]]
+
+
+def _is_locked(exc: BaseException | None) -> bool:
+    """SQLite's "database is locked", possibly wrapped by SQLAlchemy and Optuna."""
+    while exc is not None:
+        if "database is locked" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
+    """Create the study, or resume it if it exists and was made from the same space.
+
+    The default storage records heartbeats, so a trial of a killed process is failed and retried once
+    by the next run (search/study/storage.py)."""
+    if storage is None:
+        storage = _storage(space.study.storage_url, heartbeat=Heartbeat())
+    try:
+        study = optuna.create_study(
+            study_name=space.study.name, storage=storage, load_if_exists=True, directions=directions(space),
+            sampler=sampler or make_sampler(space), pruner=make_pruner(space),
+        )
+    except Exception as exc:
+        if not _is_locked(exc):
+            raise
+        raise UserError(f"study store {space.study.storage_url} is locked by another process "
+                        f"(waited {sqlite_timeout():.0f}s); try again when it is free") from None
+    stored = study.user_attrs.get(SPACE_ATTR)
+    _check_objectives(study, space, stored)
+    if stored is None:
+        if space.study.cost:  # a single-objective study stores exactly what it always did
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(metric_names(space))
+        baselines = prerank.on_new_study(study, space)  # study.rank: LogME ranking, once, before any trial
+        study.set_user_attr(FOLDS_ATTR, resolve_folds(space))  # before the space: a study with one has both
+        study.set_user_attr(SPACE_ATTR, space.raw)
+        for params in baselines:  # baselines first, once, when the study is new
+            study.enqueue_trial(params, skip_if_exists=True)
+    elif stored.get("params") != space.raw.get("params"):
+        changed = sorted(k for k in set(stored.get("params", {})) | set(space.raw.get("params", {}))
+                         if stored.get("params", {}).get(k) != space.raw.get("params", {}).get(k))
+        raise UserError(
+            f"study {space.study.name!r} in {space.study.storage_url} was made from a different space "
+            f"(params differ: {', '.join(changed)}); resume it with its own space or pick a new study.name")
+    asked = space.study.validation["folds"]
+    if stored is not None and asked != "auto" and asked != study_folds(study):
+        raise UserError(f"study {space.study.name!r} in {space.study.storage_url} validates with "
+                        f"{study_folds(study)} fold(s), this space asks for {asked}; its trials' values would not "
+                        f"compare: resume it without study.validation or pick a new study.name")
+    return study
+
+
+def resolve_folds(space: Space) -> int:
+    """K for a new study, from study.validation.folds and the data (search/data/folds.py)."""
+    import numpy as np
+
+
+    _, labels, classes = load_images(space.fixed("dataset"), space.values("image_size")[0])
+    train, val, _ = split_indices(labels, space.fixed("split"), space.fixed("split_seed"))
+    counts = np.bincount(labels[np.concatenate([train, val])], minlength=len(classes))
+    return choose_folds(space.study.validation["folds"], len(val), dict(zip(classes, counts.tolist())))
+
+
+def describe_validation(study: optuna.Study, space: Space) -> str:
+    folds = study_folds(study)
+    if folds == 1:
+        return "validation: one train/validation split"
+    return (f"validation: {folds}-fold cross-validation on the non-test images (study.validation.folds: "
+            f"{space.study.validation['folds']}); a trial's value is its mean over the folds")
+
+
+def _check_objectives(study: optuna.Study, space: Space, stored: dict | None) -> None:
+    """A study keeps the objectives it was made with: its trials' values mean those."""
+    want = list(space.study.objectives)
+    # a space stored before objectives existed has none: it was [accuracy]; a new study has no space yet
+    had = list((stored.get("study") or {}).get("objectives") or ["accuracy"]) if stored is not None else None
+    if (had is None or had == want) and len(study.directions) == len(want):
+        return
+    made = f"[{', '.join(had)}]" if had else f"{len(study.directions)} objective(s)"
+    raise UserError(f"study {space.study.name!r} in {space.study.storage_url} was made with objectives {made}, "
+                    f"this space asks for [{', '.join(want)}]; resume it with its own objectives or pick a new "
+                    f"study.name")
+
+
+def prepare(space: Space) -> None:
+    """Everything that can fail for the user's reasons, before the first trial: data, weights."""
+    for size in space.values("image_size"):
+        load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
+    import keras
+
+    for backbone, alpha in backbone_variants(space):
+        for weights in space.values("weights"):  # fails fast, e.g. no file, wrong architecture
+            build_backbone(get_backbone(backbone), min(space.values("image_size")), weights, alpha)
+            keras.backend.clear_session()
+
+
+def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: str = "") -> None:
+    """One line per finished trial, instead of Keras's per-batch noise."""
+    seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() if trial.datetime_complete else 0
+    value = f"{accuracy(trial):.4f}" if accuracy(trial) is not None else "  -   "
+    if TrialRecord.of(trial).cv_std is not None:  # cross-validated: the fold mean ± std
+        value += f"±{TrialRecord.of(trial).cv_std:.4f}"
+    if is_multi(study):  # no single best: the trial's cost and how many trials the Pareto front holds
+        name = cost_name(study)
+        spent = format_cost(name, cost(trial)) if cost(trial) is not None else "-"
+        score = f"value={value} {name}={spent} front={len(study.best_trials)}"
+    else:
+        try:
+            best = f"{study.best_value:.4f}"
+        except ValueError:
+            best = "  -   "
+        score = f"value={value} best={best}"
+    # only what is sampled prints (a fixed param is not in trial.params)
+    keys = ("backbone", "image_size", "freeze", "unfreeze_layers", "unfreeze_blocks", "optimizer", "learning_rate",
+            "dropout", "label_smoothing", "augment", "head_layers", "head_units")
+    params = " ".join(f"{k}={_fmt(trial.params[k])}" for k in keys if k in trial.params)
+    ended = TrialRecord.of(trial).ended or ""
+    note = f" ({ended})" if trial.state != optuna.trial.TrialState.COMPLETE and ended else ""
+    # tqdm.write prints above optuna's progress bar when one is shown, like print otherwise
+    tqdm.write(f"{prefix}trial {trial.number:3d} {trial.state.name:8s} {score} {params} {seconds:.1f}s{note}")
+    sys.stdout.flush()
+
+
+class Progress:
+    """Trial callback: print_trial's line led by [finished/planned] for this run."""
+
+    def __init__(self, planned: int):
+        self.planned, self.finished = planned, 0
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.finished += 1
+        print_trial(study, trial, prefix=f"[{self.finished}/{self.planned}] ")
+
+
+def _fmt(v) -> str:
+    if not isinstance(v, float):
+        return str(v)
+    return f"{v:.2e}" if 0 < abs(v) < 1e-2 or abs(v) > 1e3 else f"{v:.3g}"  # 0.0 prints as 0
+
+
+def run_study(space: Space, n_trials: int | None = None, timeout: float | None = None,
+              reporters=None) -> optuna.Study:
+    """reporters=None: the default, per-trial artifacts and notes for optuna-dashboard; () for none."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    prepare(space)
+    study = open_study(space)
+    save_study_note(study, space)
+    space = prerank.restricted(space, study)  # study.rank's top_k, as recorded when the study was created
+    if reporters is None:
+        reporters = [ArtifactReporter(artifact_dir(space.study.storage_url, space.study.name))]
+    n_trials = n_trials or space.study.n_trials
+    timeout = timeout or space.study.timeout
+    finished = sum(t.state.is_finished() for t in study.trials)
+    print(f"study {space.study.name!r} in {space.study.storage_url}: {finished} finished trial(s) so far, "
+          f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
+    print(describe_validation(study, space), flush=True)
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout if timeout else None  # running trials stop there too
+    # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
+    study.optimize(Objective(space, reporters, deadline), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
+                   callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True, show_progress_bar=sys.stderr.isatty())
+    summarize(study, time.perf_counter() - started)
+    return study
+
+
+def summarize(study: optuna.Study, seconds: float) -> None:
+    states = [t.state for t in study.trials]
+    counts = {s.name.lower(): states.count(s) for s in set(states)}
+    print(f"done in {seconds:.0f}s; trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if completed:
+        best, worst = max(completed, key=accuracy), min(completed, key=accuracy)
+        print(f"best  trial {best.number}: val_accuracy={accuracy(best):.4f} {best.params}")
+        print(f"worst trial {worst.number}: val_accuracy={accuracy(worst):.4f} {worst.params}")
+    if completed and is_multi(study):
+        name = cost_name(study)
+        print(f"Pareto front (val_accuracy up, {name} down), {len(study.best_trials)} trial(s):")
+        for t in front(study):
+            spent = format_cost(name, cost(t))
+            print(f"  trial {t.number:3d}: val_accuracy={accuracy(t):.4f} {name}={spent} {t.params}")

@@ -1,0 +1,303 @@
+"""Compute the frozen part once: what it outputs for every image of a split, kept for later epochs and trials.
+
+The rule, decided per trial by `plan_trial` and applied by search.training.train:
+  - augmentation on (augment light|strong): no cache for the whole trial. Random views differ every
+    epoch, so no stored tensor is exact; we never mix cached and augmented epochs.
+  - phase 1 (backbone frozen) and phase 2 of `frozen` trials: the head trains on pooled features.
+  - phase 2 of top_blocks / top_layers: the top part trains on the backbone's tensor at the cut, if the
+    cut is exact (search.training.cut.find_cut: every block start; a layer-wise start only where one tensor
+    crosses, which TrialConfig.round_to_block guarantees) and those tensors fit the memory budget.
+  - `full`, or a frozen part with layers that are random during fit (EfficientNet's drop-connect):
+    images, as without a cache.
+Keys are content hashes of everything the tensors depend on: the frozen layers' classes, configs (names
+aside) and weight values, the input shape, the dtype policy and the split's image bytes. A change of
+backbone, alpha, weights, image size, split or preprocessing changes the key; nothing is ever stale.
+
+Settings (read at every trial): TRANSFER_SEARCH_FEATURE_CACHE = memory (default) | disk | off;
+TRANSFER_SEARCH_FEATURE_CACHE_MB (default 1024) bounds the in-process store (least recently used
+go first). `disk` also persists under <studies>/_cache/features/<key>.npy, so a second worker or a
+resumed study reuses them; delete that folder to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections import Counter, OrderedDict
+
+import keras
+import numpy as np
+
+from search.config import TrialConfig, studies_dir
+from search.errors import UserError
+from search.files import atomic_path
+from search.memo import ArrayMemo
+from search.models.augment import get_augmentation
+from search.models.backbones import backbone_layers, get_backbone
+from search.models.build import get_backbone_model, trainable_range_start
+from search.models.freezing import get_strategy
+from search.training.cut import Cut, extractor, find_cut, standard_layout, stochastic_layers
+
+MODES = ("memory", "disk", "off")
+KEY_VERSION = 1  # bump when the extraction itself changes
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    mode: str = "memory"
+    max_bytes: int = 1024 * 2**20
+
+
+_override: Settings | None = None
+
+
+def settings() -> Settings:
+    if _override is not None:
+        return _override
+    mode = os.environ.get("TRANSFER_SEARCH_FEATURE_CACHE", "memory")
+    if mode not in MODES:
+        raise UserError(f"TRANSFER_SEARCH_FEATURE_CACHE={mode!r}; valid: {', '.join(MODES)}")
+    mb = os.environ.get("TRANSFER_SEARCH_FEATURE_CACHE_MB", "1024")
+    if not mb.isdigit():
+        raise UserError(f"TRANSFER_SEARCH_FEATURE_CACHE_MB={mb!r}: expected a whole number of MiB")
+    return Settings(mode, int(mb) * 2**20)
+
+
+@contextlib.contextmanager
+def using(mode: str, max_mb: int | None = None):
+    """Run a block with a given cache mode (benchmarks and tests compare paths in one process)."""
+    global _override
+    if mode not in MODES:
+        raise UserError(f"unknown cache mode {mode!r}; valid: {', '.join(MODES)}")
+    previous = _override
+    _override = Settings(mode, (max_mb if max_mb is not None else settings().max_bytes // 2**20) * 2**20)
+    try:
+        yield
+    finally:
+        _override = previous
+
+
+# ------------------------------------------------------------------------------------------------ plan
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    phase1: str  # "features" (head on pooled features) | "images"
+    phase2: str  # "features" | "cut" (top part on the tensor at the cut) | "images"
+    cut: Cut | None = None
+    note: str = ""  # why images where a cache was wanted
+
+    def describe(self) -> str:
+        where = f"cut at {self.cut.layer_name}" if self.phase2 == "cut" else self.phase2
+        return f"phase 1: {self.phase1}, phase 2: {where}" + (f" ({self.note})" if self.note else "")
+
+
+last_plan: Plan | None = None  # the latest trial's plan (benchmarks and tests read it)
+
+
+def plan_trial(cfg: TrialConfig, model: keras.Model, n_images: int) -> Plan:
+    """Which phases of this trial train on cached tensors; `model` is freshly built (phase-1 flags)."""
+    global last_plan
+    plan = _plan(cfg, model, n_images)
+    # a copy without the cut's tensor, which would keep this trial's whole graph alive after it ends
+    last_plan = dataclasses.replace(plan, cut=plan.cut and dataclasses.replace(plan.cut, tensor=None))
+    return plan
+
+
+def _plan(cfg: TrialConfig, model: keras.Model, n_images: int) -> Plan:
+    if settings().mode == "off":
+        return Plan("images", "images", note="feature cache off")
+    if not get_augmentation(cfg.augment).cacheable:
+        return Plan("images", "images", note=f"augment={cfg.augment}: random views every epoch, no cache")
+    if not standard_layout(model):
+        return Plan("images", "images", note="model is not image -> preprocess -> backbone -> pool -> head")
+    backbone = get_backbone_model(model)
+    own = backbone_layers(backbone)
+    noisy = stochastic_layers(own)
+    phase1 = "images" if noisy else "features"
+    note = f"{cfg.backbone}: {noisy[0]} is random during fit" if noisy else ""
+    if not get_strategy(cfg.freeze).trains_backbone or cfg.finetune_epochs == 0:
+        return Plan(phase1, phase1, note=note)
+    if cfg.warmup_epochs == 0:  # phase 1 does not run: compute nothing for it
+        phase1 = "images"
+    start = trainable_range_start(get_backbone(cfg.backbone), backbone, cfg)
+    if start == 0:  # every layer trains (`full`, or top_layers with unfreeze_layers = all): nothing to cache
+        return Plan(phase1, "images", note=note)
+    cut, why = find_cut(backbone, start)
+    noisy = stochastic_layers(own[:start])
+    if cut is not None and noisy:
+        cut, why = None, f"{cfg.backbone}: {noisy[0]} below the cut is random during fit"
+    if cut is not None:
+        size = int(np.prod(cut.tensor.shape[1:])) * 4 * n_images
+        if size > settings().max_bytes:
+            cut, why = None, (f"tensors at {cut.layer_name} take {size / 2**20:.0f} MiB, over the "
+                              f"{settings().max_bytes / 2**20:.0f} MiB budget")
+    return Plan(phase1, "cut" if cut else "images", cut, note or why)
+
+
+_announced: set[str] = set()
+
+
+def announce(plan: Plan) -> None:
+    """Say once per process why a kind of trial trains on images although a cache is on."""
+    if plan.note and settings().mode != "off" and plan.note not in _announced:
+        _announced.add(plan.note)
+        print(f"feature cache not used: {plan.note}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ keys
+
+_data_digests = ArrayMemo()
+
+
+def data_digest(images: np.ndarray) -> str:
+    """Hash of an image array's bytes, computed once per array object (splits live for the process)."""
+    return _data_digests.get(images, _digest)
+
+
+def _digest(images: np.ndarray) -> str:
+    h = hashlib.blake2b(f"{images.shape}{images.dtype}".encode(), digest_size=16)
+    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
+    return h.hexdigest()
+
+
+def layers_digest(layer_list) -> str:
+    """Hash of what a stack of layers computes: classes, configs without names, weight values."""
+    h = hashlib.blake2b(digest_size=16)
+    for layer in layer_list:
+        config = {k: v for k, v in layer.get_config().items() if k not in ("name", "trainable")}
+        h.update(f"{type(layer).__name__}{json.dumps(config, sort_keys=True, default=str)}".encode())
+        for weight in layer.weights:
+            value = np.ascontiguousarray(keras.ops.convert_to_numpy(weight))
+            h.update(f"{value.shape}{value.dtype}".encode())
+            h.update(memoryview(value).cast("B"))
+    return h.hexdigest()
+
+
+def feature_key(model: keras.Model, cut: Cut | None, images: np.ndarray) -> str:
+    """Key of the pooled features (cut None) or of the tensors at `cut`, for these images."""
+    own = backbone_layers(get_backbone_model(model))
+    frozen = own[:cut.start] if cut else own + [model.get_layer("pool")]
+    parts = {
+        "version": KEY_VERSION,
+        "what": f"cut:{cut.layer_name}" if cut else "pool",
+        "input": list(model.input.shape[1:]),
+        "dtype": keras.config.dtype_policy().name,
+        "layers": layers_digest([model.get_layer("preprocess"), *frozen]),
+        "data": data_digest(images),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# ----------------------------------------------------------------------------------------------- store
+
+
+class FeatureStore:
+    """In-process store of read-only arrays, bounded in bytes (least recently used out first),
+    backed by .npy files when the mode is `disk`."""
+
+    def __init__(self):
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.nbytes = 0
+        self.stats: Counter = Counter()  # memory_hits, disk_hits, misses, computed_seconds
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @staticmethod
+    def folder():
+        return studies_dir() / "_cache" / "features"
+
+    def get(self, key: str) -> np.ndarray | None:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.stats["memory_hits"] += 1
+            return self._items[key]
+        path = self.folder() / f"{key}.npy"
+        if settings().mode == "disk" and path.is_file():
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError):  # a torn or foreign file: recompute and overwrite it
+                return None
+            self.stats["disk_hits"] += 1
+            self._keep(key, array)
+            return array
+        return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        if settings().mode == "disk":
+            folder = self.folder()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                with atomic_path(folder / f"{key}.npy") as tmp:  # another worker never reads half a file
+                    np.save(tmp, array)
+            except OSError as exc:  # a full or read-only disk costs the reuse, never the trial
+                if "disk" not in _announced:
+                    _announced.add("disk")
+                    print(f"warning: cannot persist features in {folder}: {exc.strerror}; keeping them in memory")
+        self._keep(key, array)
+
+    def _keep(self, key: str, array: np.ndarray) -> None:
+        array.setflags(write=False)  # shared across trials: nobody may change it in place
+        budget = settings().max_bytes
+        if array.nbytes > budget:
+            return
+        self._items[key] = array
+        self.nbytes += array.nbytes
+        while self.nbytes > budget:
+            _, old = self._items.popitem(last=False)
+            self.nbytes -= old.nbytes
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.nbytes = 0
+        self.stats.clear()
+
+
+STORE = FeatureStore()
+
+
+def frozen_outputs(model: keras.Model, plan: Plan, splits: list[np.ndarray], batch_size: int) -> list[dict]:
+    """Per image array: {"pool": pooled features, "cut": tensors at the cut}, as the plan needs them,
+    from the store or computed in one inference pass over all the arrays that miss (and stored)."""
+    wanted = {"pool": None} if "features" in (plan.phase1, plan.phase2) else {}
+    if plan.phase2 == "cut":
+        wanted["cut"] = plan.cut
+    keys = [{name: feature_key(model, at, images) for name, at in wanted.items()} for images in splits]
+    found = [{name: STORE.get(key) for name, key in k.items()} for k in keys]
+    missing = [i for i, f in enumerate(found) if any(v is None for v in f.values())]
+    if missing:
+        STORE.stats["misses"] += len(missing)
+        started = time.perf_counter()
+        net = extractor(model, plan.cut if "cut" in wanted else None)
+        computed = _predict(net, [splits[i] for i in missing], batch_size)
+        STORE.stats["computed_seconds"] += time.perf_counter() - started
+        for i, outputs in zip(missing, computed):
+            for name, key in keys[i].items():
+                if found[i][name] is None:
+                    STORE.put(key, outputs[name])
+                    found[i][name] = outputs[name]
+    return found
+
+
+def _predict(net: keras.Model, arrays: list[np.ndarray], batch_size: int) -> list[dict]:
+    """One predict call over all arrays, padded to whole batches: every batch has one shape, so the
+    network is traced once (a last, smaller batch would trace it again; seconds for a real backbone)."""
+    import tensorflow as tf
+
+    sizes = [len(a) for a in arrays]
+    images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
+    pad = -len(images) % batch_size
+    if pad:
+        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
+    ds = ds.map(lambda x: tf.cast(x, tf.float32)).prefetch(tf.data.AUTOTUNE)
+    outputs = net.predict(ds, verbose=0)
+    outputs = dict(zip(("cut", "pool"), outputs)) if isinstance(outputs, list) else {"pool": outputs}
+    ends = np.cumsum(sizes)
+    return [{name: out[end - size:end].copy() for name, out in outputs.items()}
+            for size, end in zip(sizes, ends)]
