@@ -6,6 +6,7 @@ The target classes never appear in the source task, so what transfers is the fea
 from __future__ import annotations
 
 import hashlib
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,10 @@ def build_tiny_cnn(input_shape, weights):
 
 
 def source_fingerprint() -> str:
-    """Changes whenever the source task or the pretraining recipe changes, so the cache never goes stale."""
-    text = Path(builtin.__file__).read_text() + Path(__file__).read_text() + f"{PRETRAIN_EPOCHS}"
+    """Changes whenever the source task or the pretraining recipe changes (the code that draws the images, the
+    architecture, the training), so the cache never goes stale; a comment or a moved file elsewhere does not."""
+    parts = [inspect.getsource(f) for f in (builtin._mask, builtin._draw, builtin.make_task, build_tiny_cnn, _pretrain)]
+    text = "".join(parts) + repr(builtin.TASKS) + repr(builtin.SOURCE_CLASSES) + f"{builtin.SIZE} {PRETRAIN_EPOCHS}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
