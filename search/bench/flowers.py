@@ -52,7 +52,6 @@ def backbone_params(choice: str, space) -> int:
     depend on the input size, so a 32 px model with random weights is enough."""
     import keras
 
-
     counts = []
     for name, alpha in variants_of(choice, space):
         counts.append(build_backbone(get_backbone(name), 32, "none", alpha).count_params())

@@ -73,7 +73,6 @@ def baseline_runs(data: str, weights: str, name: str, seeds: int = 3) -> dict:
     """The seeds' recipes at their own 224 px, retrained as the winners are (--fit all)."""
     import yaml
 
-
     folder = studies_dir() / name / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
     out = {}

@@ -51,7 +51,6 @@ def load_config(path: str | Path, overrides=()):
     `overrides` are --set strings, as for a study."""
     import optuna
 
-
     space = load_space(path, overrides)
     sampled = [name for name, p in space.params.items() if not p.is_fixed]
     if sampled:

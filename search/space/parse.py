@@ -20,6 +20,7 @@ from search.space.schema import (
     RANK_OPTIONS,
     SAMPLERS,
     STUDY_KEYS,
+    WARM_START_KEYWORDS,
     Param,
     Space,
     StudySettings,
@@ -129,7 +130,25 @@ def _parse_study(data: Any, fail) -> StudySettings:
                                    "is pruned")
     validation = _parse_validation(data.get("validation"), fail)
     settings = {k: v for k, v in data.items() if v is not None}
+    if data.get("warm_start") is not None:
+        settings["warm_start"] = _parse_warm_start(data["warm_start"], fail)
     return StudySettings(**{**settings, "objectives": objectives, "pruner": pruner, "validation": validation})
+
+
+def _parse_warm_start(value: dict, fail) -> dict:
+    """{from: [study name | storage URL, ...] | all | portfolio, top_k: K (default 3)}."""
+    unknown = set(value) - {"from", "top_k"}
+    if unknown:
+        fail(f"study.warm_start.{sorted(unknown)[0]}", "unknown key; valid: from, top_k")
+    sources = value.get("from")
+    if not (sources in WARM_START_KEYWORDS or
+            isinstance(sources, list) and sources and all(isinstance(s, str) and s for s in sources)):
+        fail("study.warm_start.from", f"expected {' or '.join(WARM_START_KEYWORDS)} or a list of study names or "
+                                      f"storage URLs, got {sources!r}")
+    top_k = value.get("top_k", 3)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        fail("study.warm_start.top_k", f"expected a positive int, got {top_k!r}")
+    return {"from": sources, "top_k": top_k}
 
 
 def _parse_validation(value, fail) -> dict:

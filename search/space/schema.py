@@ -46,11 +46,13 @@ PRUNERS = {
 # Optuna's trial.report/should_prune raise NotImplementedError in a multi-objective study, so no Optuna pruner
 # runs there; the threshold rule alone is applied by search.objective.AccuracyFloor, a Keras callback.
 MULTI_PRUNERS = ("threshold", "none")
+WARM_START_KEYWORDS = ("all", "portfolio")  # study.warm_start.from, besides a list of studies
 RANK_OPTIONS = ("top_k", "enqueue")  # study.rank: search/study/prerank.py
 STUDY_KEYS = {"name": str, "storage": str, "n_trials": int, "timeout": (int, float), "seed": int,
               "sampler": dict, "pruner": dict, "objectives": list,
               "rank": dict,  # LogME ranking when the study is created: search/study/prerank.py
-              "validation": dict}  # {folds: auto | K}: cross-validated trials, search/data/folds.py
+              "validation": dict,  # {folds: auto | K}: cross-validated trials, search/data/folds.py
+              "warm_start": dict}  # {from: [study | URL] | all | portfolio, top_k}: search/study/warm_start.py
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ class StudySettings:
     objectives: tuple = ("accuracy",)  # or ("accuracy", cost): a multi-objective (Pareto) study
     rank: dict | None = None  # {top_k, enqueue}: LogME ranking when the study is created (search/study/prerank.py)
     validation: dict = field(default_factory=lambda: {"folds": "auto"})  # K-fold trials (search/data/folds.py)
+    warm_start: dict | None = None  # {from, top_k}: earlier studies' best configs first (search/study/warm_start.py)
+    warm_start: dict | None = None  # {from, top_k}: earlier studies' best configs queued first (search/study/warm_start.py)
 
     @property
     def storage_url(self) -> str:

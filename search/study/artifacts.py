@@ -28,6 +28,7 @@ from search.data.datasets import load_search_data
 from search.data.folds import study_folds
 from search.plots import confusion_matrix_figure, learning_curve_figure
 from search.space import Param
+from search.study import warm_start
 from search.study.prerank import note_section
 from search.study.record import TrialRecord
 from search.study.storage import file_path, is_sqlite
@@ -180,6 +181,6 @@ def save_study_note(study: optuna.Study, space) -> None:
     size = space.params["image_size"].values()[0] if "image_size" in space.params else space.fixed("image_size")
     data = load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
 
-    body = study_note(space, data, study_folds(study)) + note_section(study)  # + the LogME ranking, when study.rank made one
+    body = study_note(space, data, study_folds(study)) + note_section(study) + warm_start.note_section(study)  # + the LogME ranking, when study.rank made one
     if get_note(study) != body:
         save_note(study, body)

@@ -218,7 +218,6 @@ def group_trials(study) -> list[Group]:
     """COMPLETE trials grouped by (backbone, alpha, image size, weights) of their "config" attr."""
     import optuna
 
-
     groups: dict[tuple, Group] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         config, value = TrialRecord.of(t).config, accuracy(t)
@@ -245,7 +244,6 @@ def _ranks(values: list[float]) -> list[int]:
 
 def check_agreement(study, recompute: bool = False, log=_say) -> Agreement:
     from scipy.stats import kendalltau
-
 
     groups = group_trials(study)
     if len(groups) < 2:

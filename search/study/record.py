@@ -42,6 +42,7 @@ class TrialRecord:
     params: int | None = None
     size_mb: float | None = None
     # bookkeeping
+    warm_start: str | None = None  # "study X trial N (value V)": queued from an earlier study (warm_start.py)
     worker: str | None = None  # host:pid of the worker process that ran it (search/study/workers.py)
     reporter_error: str | None = None  # an artifact that could not be written (the trial itself stands)
     traceback: str | None = None  # of an unforeseen error that failed the trial

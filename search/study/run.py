@@ -14,7 +14,7 @@ from search.data.folds import FOLDS_ATTR, choose_folds, study_folds
 from search.errors import TrialError, UserError
 from search.models.backbones import build_backbone, get_backbone
 from search.space import Space, backbone_variants
-from search.study import prerank
+from search.study import prerank, warm_start
 from search.study.artifacts import ArtifactReporter, artifact_dir, save_study_note
 from search.study.objective import Objective, StopAfterFailures
 from search.study.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
@@ -93,6 +93,7 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(metric_names(space))
+        warm_start.on_new_study(study, space)  # study.warm_start: earlier studies' best configs, queued first
         baselines = prerank.on_new_study(study, space)  # study.rank: LogME ranking, once, before any trial
         study.set_user_attr(FOLDS_ATTR, resolve_folds(space))  # before the space: a study with one has both
         study.set_user_attr(SPACE_ATTR, space.raw)
@@ -115,7 +116,6 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
 def resolve_folds(space: Space) -> int:
     """K for a new study, from study.validation.folds and the data (search/data/folds.py)."""
     import numpy as np
-
 
     _, labels, classes = load_images(space.fixed("dataset"), space.values("image_size")[0])
     train, val, _ = split_indices(labels, space.fixed("split"), space.fixed("split_seed"))
