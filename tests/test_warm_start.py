@@ -12,7 +12,7 @@ from search.errors import UserError
 from search.space import load_space, parse_space
 from search.study import warm_start
 from search.study.warm_start import plan, transfer
-from tests.conftest import pruned_pair_space, write
+from tests.conftest import write
 
 TINY = {"dataset": "builtin:shapes", "image_size": 32, "backbone": "tiny_cnn", "weights": "builtin", "unfreeze_blocks": 1}
 
@@ -64,9 +64,9 @@ def test_several_sources_are_ordered_by_similarity_then_taken_round_robin(monkey
 
 
 def test_a_new_study_queues_an_earlier_winner_first_records_it_and_a_resume_does_not_queue_again(tmp_path):
-    source = load_space(write(tmp_path / "src.yaml", pruned_pair_space("ws_src")))
-    main(["study", "--space", str(tmp_path / "src.yaml"), "--n-trials", "2"])
-    best = optuna.load_study(study_name="ws_src", storage=source.study.storage_url).best_trial
+    _source("ws_src", [(0.55, {"freeze": "top_blocks", "learning_rate": 0.02}),
+                       (0.75, {"freeze": "frozen", "learning_rate": 0.001})])  # stored trials: no training needed
+    best = optuna.load_study(study_name="ws_src", storage=default_storage_url("ws_src")).best_trial
     new = write(tmp_path / "new.yaml", """
 study: {name: ws_dst, n_trials: 1, seed: 1, sampler: {type: random}, validation: {folds: 1}}
 params:
@@ -82,18 +82,20 @@ params:
   optimizer: adam
   learning_rate: {low: 2.0e-3, high: 1.0e-2, log: true}
 """)
-    assert main(["study", "--space", str(new), "--warm-start", "ws_src"]) == 0
+    cli = ["study", "--space", str(new), "--warm-start", "ws_src", "--set", "study.warm_start={from: [ws_src], top_k: 2}"]
+    assert main(cli) == 0
     study = optuna.load_study(study_name="ws_dst", storage=default_storage_url("ws_dst"))
-    first = study.trials[0]
-    assert first.params == {"warmup_learning_rate": 0.01, "freeze": best.params["freeze"],
-                            "learning_rate": max(2e-3, best.params["learning_rate"])}  # clipped into the new range
+    first, second = study.trials  # both source trials queued, the better first; n_trials 1 ran the first
+    assert best.number == 1 and first.system_attrs["fixed_params"] == {"freeze": "frozen", "learning_rate": 2e-3}
+    assert first.params["learning_rate"] == 2e-3 and first.params["freeze"] == "frozen"  # clipped into the range
     assert first.user_attrs["warm_start"] == f"ws_src trial {best.number} (value {best.value:.4f})"
-    assert [e["source"] for e in study.user_attrs["warm_start"]] == ["ws_src"]
-    assert "### Warm start" in get_note(study) and "| ws_src |" in get_note(study)
-    assert main(["study", "--space", str(new), "--warm-start", "ws_src"]) == 0  # resumes: nothing queued again
+    assert second.state == optuna.trial.TrialState.WAITING and second.user_attrs["warm_start"].startswith("ws_src trial 0")
+    assert [e["trial"] for e in study.user_attrs["warm_start"]] == [1, 0]
+    assert "### Warm start" in get_note(study) and "| ws_src | 1 |" in get_note(study)
+    assert main(cli) == 0 and main(cli) == 0  # two resumes: the second queued trial, then a sampled one
     study = optuna.load_study(study_name="ws_dst", storage=default_storage_url("ws_dst"))
-    assert len(study.trials) == 2 and "warm_start" not in study.trials[1].user_attrs
-    assert len(study.user_attrs["warm_start"]) == 1
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert "warm_start" not in study.trials[2].user_attrs and len(study.user_attrs["warm_start"]) == 2
 
 
 def test_the_portfolio_is_a_space_whose_queue_a_new_study_takes():
