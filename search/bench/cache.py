@@ -26,13 +26,20 @@ import threading
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
+import optuna
 import psutil
+import tensorflow as tf
 
 from search.config import TrialConfig
 from search.data.datasets import Split, load_search_data
 from search.errors import TrialError, UserError
 from search.space import load_space
+from search.study.objective import Objective
+from search.study.run import directions, make_pruner, make_sampler, prepare
+from search.training import cache
+from search.training.train import train
 
 SPEED_COLUMNS = ("row", "path", "trial_s", "cpu_s", "epochs", "s_per_epoch", "phase2_s_per_epoch", "images_per_s",
                  "peak_rss_mib", "val_accuracy", "speedup_trial", "speedup_cpu", "speedup_phase2_epoch")
@@ -93,10 +100,6 @@ def speed_configs(base: TrialConfig, epochs: int, warmup: int, unfreeze_blocks: 
 
 
 def _run(name: str, cfg: TrialConfig, mode: str, data) -> dict:
-    import keras
-
-    from search.training import cache
-    from search.training.train import train
 
     keras.backend.clear_session()
     gc.collect()
@@ -128,8 +131,6 @@ def _run(name: str, cfg: TrialConfig, mode: str, data) -> dict:
 
 def speed_bench(base: TrialConfig, epochs: int, warmup: int, unfreeze_blocks: int,
                 finetune_lr: float) -> list[dict]:
-    from search.training import cache
-    from search.training.train import train
 
     data = load_search_data(base.dataset, base.image_size, base.split, base.split_seed)
     head, blocks = speed_configs(base, epochs, warmup, unfreeze_blocks, finetune_lr)
@@ -160,11 +161,6 @@ def speed_bench(base: TrialConfig, epochs: int, warmup: int, unfreeze_blocks: in
 
 
 def memory_bench(space_path: str, n_trials: int) -> list[dict]:
-    import optuna
-
-    from search.study.objective import Objective
-    from search.study.run import directions, make_pruner, make_sampler, prepare
-    from search.training import cache
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(space_path)
@@ -211,8 +207,6 @@ def _format_row(row: dict) -> str:
 
 
 def machine() -> str:
-    import keras
-    import tensorflow as tf
 
     memory = psutil.virtual_memory().total / 2**30
     gpu = "GPU" if tf.config.list_physical_devices("GPU") else "no GPU"

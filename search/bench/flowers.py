@@ -5,6 +5,8 @@ retrained with several seeds, and the seeds' two recipes retrained with the same
 then one report (studies/<name>/flowers_report.md) with test accuracy mean ± std, per-class F1, the winner's
 confusion matrix and best validation accuracy against time. Everything goes through the same code as
 `make study`, `make export` and `make retrain`.
+
+Study, export and retrain are imported inside run(): the helpers here load without TensorFlow.
 """
 
 from __future__ import annotations

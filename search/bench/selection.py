@@ -9,6 +9,8 @@ once (`retrain --fit all`, the trial's own seed) and tested once on the test spl
                          rank configurations as the test split does?)
 With --weights of MobileNetV2 files, the seeds' two recipes at 224 px are retrained the same way (--fit all,
 3 seeds) as the bar to beat. One table: studies/<name>/selection.md (and selection.json).
+
+Study, export and retrain are imported inside the functions that run them, as in bench/flowers.py.
 """
 
 from __future__ import annotations

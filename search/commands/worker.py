@@ -22,7 +22,9 @@ def add_common(parser) -> None:
     parser.add_argument("--name", help="study name (overrides study.name)")
     parser.add_argument("--storage", help="storage URL: journal:///studies/x.log (one machine), "
                                           "postgresql://user@host/db (several); default sqlite:///studies/<name>.db")
-    parser.add_argument("--timeout", type=float, help="seconds after which a worker starts no new trial and stops its running one at the next epoch end")
+    parser.add_argument("--timeout", type=float,
+                        help="seconds after which a worker starts no new trial and stops its running one at the "
+                             "next epoch end")
     parser.add_argument("--heartbeat-interval", type=int, default=30, metavar="S",
                         help="seconds between heartbeats of a running trial (default: %(default)s)")
     parser.add_argument("--grace-period", type=int, default=120, metavar="S",

@@ -7,6 +7,9 @@ A dataset spec is one string:
 Images are decoded and resized once per (spec, image size) and kept in memory as uint8; every trial of
 the process reuses them. The split is stratified and depends only on the split fractions and split seed,
 so the test part is the same in every trial, in export and in retraining, and a study never sees it.
+
+TensorFlow (and TFDS, PIL) are imported inside the functions that need them: export fingerprints data
+without starting TensorFlow.
 """
 
 from __future__ import annotations

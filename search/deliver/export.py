@@ -5,6 +5,8 @@ trial (no second parser). Its extra `exported:` section records where the config
 was trained on: study, trial, validation metrics, library versions, and fingerprints of the dataset
 (class names, per-split counts, a hash of each split's decoded pixels) and of the backbone weights.
 `retrain` recomputes the fingerprints and refuses a config whose data or weights have changed.
+
+No TensorFlow: export reads the store, replays configs and fingerprints files (tests/test_export_retrain.py).
 """
 
 from __future__ import annotations

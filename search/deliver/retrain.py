@@ -17,6 +17,9 @@ Each call writes a new folder studies/<study>/retrain/run-N/ (never an existing 
                                `import search.models.preprocess`, which registers the Preprocess layer)
   seed-S/class_names.json      output index -> class name
   seed-S/confusion_matrix.csv|png, seed-S/learning_curves.png
+
+Keras and the trainer are imported inside the functions that fit: loading and checking a config needs
+neither (tflite and the reports read configs through load_config).
 """
 
 from __future__ import annotations

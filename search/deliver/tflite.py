@@ -14,6 +14,8 @@ run-N/seed-S/tflite/:
 The test split is the one retrain evaluated once: the run's own config.yaml (not the given file, which a
 later `make export` may have rewritten) through retrain's `load_config` and data.load_split, with the
 dataset fingerprint checked as retrain checks it.
+
+TensorFlow is imported inside the functions that convert and run: `--help` and argument errors start fast.
 """
 
 from __future__ import annotations

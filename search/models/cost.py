@@ -14,6 +14,8 @@ Latency is a property of the architecture, not of the trained weights, but its m
 shared CPU (same model, 1.0 against 1.15 ms in one study here). A study therefore measures each
 `architecture` once and gives later trials of the same one that number (search/study/objective.py), so two trials
 of one architecture tie on cost and noise cannot put the less accurate one on the Pareto front.
+
+TensorFlow is imported inside latency_ms only: a space's objectives are checked against COSTS without it.
 """
 
 from __future__ import annotations

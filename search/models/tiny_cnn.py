@@ -1,6 +1,8 @@
 """tiny_cnn: the project's own small backbone for the offline default, pretrained once on the built-in
 source task (search/data/builtin.py) and cached under studies/_pretrained/ (about a minute on 2 CPU cores).
 The target classes never appear in the source task, so what transfers is the features, as with ImageNet.
+
+Keras is imported inside the functions that build or train: backbones.py registers tiny_cnn without it.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Served by optuna-dashboard's WSGI app (`optuna_dashboard.wsgi`) on a threaded wsgiref server, as its own
 CLI does, but on our storage object: the same SQLite settings as the study (WAL, long busy timeout,
 search.study.storage.open_storage), so a dashboard open on a running study never makes its writes fail.
+
+optuna-dashboard's app is imported when it is served, not when this module is.
 """
 
 from __future__ import annotations

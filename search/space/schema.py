@@ -91,7 +91,6 @@ class StudySettings:
     rank: dict | None = None  # {top_k, enqueue}: LogME ranking when the study is created (search/study/prerank.py)
     validation: dict = field(default_factory=lambda: {"folds": "auto"})  # K-fold trials (search/data/folds.py)
     warm_start: dict | None = None  # {from, top_k}: earlier studies' best configs first (search/study/warm_start.py)
-    warm_start: dict | None = None  # {from, top_k}: earlier studies' best configs queued first (search/study/warm_start.py)
 
     @property
     def storage_url(self) -> str:

@@ -181,6 +181,7 @@ def save_study_note(study: optuna.Study, space) -> None:
     size = space.params["image_size"].values()[0] if "image_size" in space.params else space.fixed("image_size")
     data = load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
 
-    body = study_note(space, data, study_folds(study)) + note_section(study) + warm_start.note_section(study)  # + the LogME ranking, when study.rank made one
+    # + the LogME ranking (study.rank) and the warm-start queue, when the study has them
+    body = study_note(space, data, study_folds(study)) + note_section(study) + warm_start.note_section(study)
     if get_note(study) != body:
         save_note(study, body)

@@ -52,7 +52,8 @@ def format_cost(name: str, value: float) -> str:
 
 def completed(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """Completed trials that carry their config (so they can be exported)."""
-    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and TrialRecord.of(t).config is not None]
+    return [t for t in study.trials
+            if t.state == optuna.trial.TrialState.COMPLETE and TrialRecord.of(t).config is not None]
 
 
 def front(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -28,6 +28,9 @@ import dataclasses
 import math
 import time
 
+import optuna
+from scipy.stats import kendalltau
+
 from search.config import FIELD_TYPES, TrialConfig
 from search.data.datasets import load_search_data
 from search.errors import UserError
@@ -201,7 +204,8 @@ class Group:
         return sum(top) / len(top)
 
     def label(self, with_weights: bool) -> str:
-        return f"{variant_name(self.backbone, self.alpha)}, {self.image_size} px" + (f", weights {self.weights}" if with_weights else "")
+        weights = f", weights {self.weights}" if with_weights else ""
+        return f"{variant_name(self.backbone, self.alpha)}, {self.image_size} px{weights}"
 
 
 @dataclasses.dataclass
@@ -216,7 +220,6 @@ class Agreement:
 
 def group_trials(study) -> list[Group]:
     """COMPLETE trials grouped by (backbone, alpha, image size, weights) of their "config" attr."""
-    import optuna
 
     groups: dict[tuple, Group] = {}
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
@@ -243,7 +246,6 @@ def _ranks(values: list[float]) -> list[int]:
 
 
 def check_agreement(study, recompute: bool = False, log=_say) -> Agreement:
-    from scipy.stats import kendalltau
 
     groups = group_trials(study)
     if len(groups) < 2:

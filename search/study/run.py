@@ -6,6 +6,8 @@ import sys
 import time
 import warnings
 
+import keras
+import numpy as np
 import optuna
 from tqdm import tqdm
 
@@ -115,7 +117,6 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
 
 def resolve_folds(space: Space) -> int:
     """K for a new study, from study.validation.folds and the data (search/data/folds.py)."""
-    import numpy as np
 
     _, labels, classes = load_images(space.fixed("dataset"), space.values("image_size")[0])
     train, val, _ = split_indices(labels, space.fixed("split"), space.fixed("split_seed"))
@@ -148,7 +149,6 @@ def prepare(space: Space) -> None:
     """Everything that can fail for the user's reasons, before the first trial: data, weights."""
     for size in space.values("image_size"):
         load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
-    import keras
 
     for backbone, alpha in backbone_variants(space):
         for weights in space.values("weights"):  # fails fast, e.g. no file, wrong architecture
@@ -220,7 +220,8 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     deadline = time.monotonic() + timeout if timeout else None  # running trials stop there too
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
     study.optimize(Objective(space, reporters, deadline), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
-                   callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True, show_progress_bar=sys.stderr.isatty())
+                   callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True,
+                   show_progress_bar=sys.stderr.isatty())
     summarize(study, time.perf_counter() - started)
     return study
 

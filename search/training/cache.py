@@ -31,6 +31,7 @@ from collections import Counter, OrderedDict
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from search.config import TrialConfig, studies_dir
 from search.errors import UserError
@@ -287,7 +288,6 @@ def frozen_outputs(model: keras.Model, plan: Plan, splits: list[np.ndarray], bat
 def _predict(net: keras.Model, arrays: list[np.ndarray], batch_size: int) -> list[dict]:
     """One predict call over all arrays, padded to whole batches: every batch has one shape, so the
     network is traced once (a last, smaller batch would trace it again; seconds for a real backbone)."""
-    import tensorflow as tf
 
     sizes = [len(a) for a in arrays]
     images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]

@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+import keras
 import numpy as np
 
 from search.config import TrialConfig
@@ -46,7 +47,6 @@ def cross_validate(cfg: TrialConfig, k: int, callbacks_for: Callable[[int], list
                    after_fold: Callable[[int, list[float]], None] = lambda i, values: None) -> CVResult:
     """Train the K folds in order. `callbacks_for(i)` gives fold i's Keras callbacks; `curve` receives
     fold 0's epochs (the trial's learning curve); `after_fold(i, values so far)` runs after each fold."""
-    import keras
 
     pool, folds, names = cv_folds(cfg, k)
     values, best, results, truth = [], [], [], []

@@ -3,6 +3,9 @@
 For each (backbone, alpha, image size) a space can produce, the pooled features of the train split come
 from the feature cache (search.training.cache: computed once, reused by the study's frozen phases afterwards), and
 LogME (search.training.logme) scores how well they suit the labels. Seconds, not the hours of a study.
+
+Keras is imported inside the functions that compute features: a study's prerank imports this module
+without starting TensorFlow until ranking actually runs.
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from search.config import TrialConfig
 from search.data.datasets import Split, make_dataset, with_mirrors
@@ -85,7 +86,6 @@ def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batc
                   first_epoch: int):
     """Endless (inputs, one-hot) batches, epoch after epoch from `first_epoch`; each epoch is a permutation
     that depends only on (seed, epoch). Fit with steps_per_epoch=ceil(n / batch_size)."""
-    import tensorflow as tf
 
     n = len(labels)
     inputs, labels = tf.constant(inputs), tf.constant(labels)
