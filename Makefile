@@ -17,7 +17,7 @@ export SPACE STUDY HOST PORT ARGS CONFIG DATA WEIGHTS BUDGET N STORAGE FROM TO
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$(TF_EXTRA),tfds,dev]'
+	$(BIN)/pip install --quiet -e '.[$(TF_EXTRA),tfds,dev,peer]'
 	touch $@
 
 install: $(BIN)/.installed
@@ -116,6 +116,11 @@ rank-check: $(BIN)/.installed
 	$(BIN)/python -m search rank-check --study "$$STUDY" $$ARGS
 
 # --- one split against K folds (search/selection_bench.py): does the study pick the truly better config? ---
+.PHONY: bench-peer
+## make bench-peer DATA=folder WEIGHTS=folder [BUDGET=600] [ARGS="--seeds 3 --name NAME"]: against KerasTuner, studies/bench/<name>.md
+bench-peer: $(BIN)/.installed
+	$(BIN)/python -m search bench-peer --data "$$DATA" --weights "$$WEIGHTS" $(if $(filter command line environment,$(origin BUDGET)),--budget "$$BUDGET") $$ARGS
+
 .PHONY: bench-cv
 ## make bench-cv [SPACE=spaces/flowers.yaml] [DATA=folder] [WEIGHTS=folder] [ARGS="--budget 300 --study-seeds 3 --top 10"]
 bench-cv: $(BIN)/.installed

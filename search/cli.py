@@ -34,6 +34,7 @@ COMMANDS = {
     "rank-check": ("search.commands.rank_check", "how well a study's LogME ranking agreed with its accuracies (Kendall's tau)"),
     "bench-flowers": ("search.commands.bench_flowers", "search + export + retrain + the seeds' baselines on real photos"),
     "bench-cv": ("search.commands.bench_cv", "one validation split against cross-validated trials: winners retrained and tested"),
+    "bench-peer": ("search.commands.bench_peer", "benchmark: time to quality against KerasTuner Hyperband"),
 }
 
 

@@ -77,3 +77,17 @@ def best_so_far_figure(best: list, done: list, pruned: list, spread: list[float]
            title="best validation accuracy so far")
     ax.legend(loc="lower right")
     return fig
+
+
+def time_to_quality_figure(curves: dict[str, list], target: float) -> Figure:
+    """Best validation accuracy so far against seconds, one step line per run, and the target as a line."""
+    fig = Figure(figsize=(6.5, 3.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, curve in curves.items():
+        if curve:
+            ax.step(*zip(*curve), where="post", label=label, marker=".")
+    ax.axhline(target, color="grey", linestyle=":", label=f"target {target:.4f}")
+    ax.set(xlabel="seconds", ylabel="best validation accuracy so far", title="time to quality")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

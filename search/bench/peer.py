@@ -1,0 +1,238 @@
+"""`make bench-peer`: time to quality against the tool a user would pick instead, KerasTuner's Hyperband.
+
+One command, one machine, one after the other, the same split and the same time budget each:
+  1. KerasTuner Hyperband (max_epochs 9, factor 3) on the space a KerasTuner user writes for the question:
+     MobileNetV2 on the given weights, top layers unfrozen in {0, 20, 40, 56, 80} with BatchNorm frozen,
+     sgd/adam, learning rate log-uniform in [1e-5, 1e-2], dropout in [0, 0.5]; one fit per trial.
+  2. This project on the same question (spaces/peer.yaml): cached warm-up, fine-tuning, pruning.
+  3. This project with the feature cache off: what the cache alone buys.
+Each run's best validation accuracy against wall time goes into one plot; the report gives the time each
+first reached the peer's final best, and the trial counts. Then each tool's winner is retrained `seeds`
+times on the training split (validated, tested once): test accuracy mean ± std, and the gap between its
+search validation and its retrained validation (a winner that does not reproduce shows a large gap).
+
+keras-tuner is an optional extra (`pip install -e .[peer]`, which also brings tensorboard, which keras-tuner
+imports without declaring it). Study, retrain and KerasTuner are imported inside the functions that run them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from search.config import studies_dir
+from search.errors import UserError
+from search.plots import time_to_quality_figure
+
+SPACE = Path(__file__).resolve().parents[2] / "spaces" / "peer.yaml"
+PEER_UNFREEZE = (0, 20, 40, 56, 80)  # the KerasTuner user's choices of top layers to unfreeze
+MAX_EPOCHS, FACTOR = 9, 3
+
+
+@dataclass
+class Run:
+    label: str
+    curve: list = field(default_factory=list)  # [(seconds since start, best validation accuracy so far)]
+    trials: int = 0
+    best_value: float = float("nan")
+    winner: dict = field(default_factory=dict)  # what the retraining needs
+    retrained: dict = field(default_factory=dict)  # test mean/std, validation mean, gap
+
+    def first_reaching(self, target: float) -> float | None:
+        return next((t for t, v in self.curve if v >= target - 1e-9), None)
+
+
+# -------------------------------------------------------------------------------------------- the peer
+
+
+def peer_model(hp, data, weights: str, backbone: str, alpha: float, image_size: int, unfreeze: tuple):
+    """The KerasTuner user's model: our backbone file and preprocessing, their knobs."""
+    import keras
+
+    from search.models.backbones import backbone_layers, build_backbone, get_backbone
+    from search.models.preprocess import Preprocess
+
+    info = get_backbone(backbone)
+    base = build_backbone(info, image_size, weights, alpha)
+    n = hp.Choice("unfreeze_layers", list(unfreeze))
+    layers = backbone_layers(base)
+    base.trainable = n > 0
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= len(layers) - n and not isinstance(layer, keras.layers.BatchNormalization)
+    inputs = keras.Input((image_size, image_size, 3))
+    x = base(Preprocess(info.preprocess)(inputs), training=False)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(hp.Float("dropout", 0.0, 0.5))(x)
+    outputs = keras.layers.Dense(len(data.class_names), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    lr = hp.Float("learning_rate", 1e-5, 1e-2, sampling="log")
+    optimizer = keras.optimizers.SGD(lr) if hp.Choice("optimizer", ["sgd", "adam"]) == "sgd" else \
+        keras.optimizers.Adam(lr)
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def run_peer(data, weights: str, budget_s: float, folder: Path, backbone="mobilenet_v2", alpha=0.35,
+             image_size=128, unfreeze=PEER_UNFREEZE, log=print) -> Run:
+    try:
+        import keras
+        import keras_tuner as kt
+    except ImportError:
+        raise UserError("bench-peer needs keras-tuner: pip install -e '.[peer]'") from None
+    from search.models.backbones import build_backbone, get_backbone
+
+    build_backbone(get_backbone(backbone), image_size, weights, alpha)  # a first build (weights, tiny_cnn's
+    keras.backend.clear_session()  # pretraining) outside the clock, as our studies do it in prepare()
+    run, start = Run("KerasTuner Hyperband"), time.monotonic()
+
+    class Watch(keras.callbacks.Callback):  # records each trial's best and stops the search at the budget
+        def on_train_begin(self, logs=None):
+            self.best = float("nan")
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.best = max(self.best if self.best == self.best else -1.0, float(logs["val_accuracy"]))
+            if time.monotonic() - start >= budget_s:
+                raise kt.errors.FatalError("time budget spent")
+
+        def on_train_end(self, logs=None):
+            run.trials += 1
+            best = max([self.best, *(v for _, v in run.curve[-1:])])
+            run.curve.append((time.monotonic() - start, best))
+
+    tuner = kt.Hyperband(lambda hp: peer_model(hp, data, weights, backbone, alpha, image_size, unfreeze),
+                         objective="val_accuracy", max_epochs=MAX_EPOCHS, factor=FACTOR, seed=0,
+                         directory=str(folder), project_name="keras_tuner", overwrite=True)
+    try:
+        tuner.search(data.train.images, data.train.labels, validation_data=(data.val.images, data.val.labels),
+                     batch_size=32, callbacks=[Watch()], verbose=0)
+    except kt.errors.FatalError:
+        pass  # the budget, not a failure
+    scored = [t for t in tuner.oracle.trials.values() if t.score is not None]  # not the one the budget cut
+    if not scored:
+        raise UserError(f"KerasTuner finished no trial within {budget_s:.0f}s")
+    best = max(scored, key=lambda t: t.score)
+    hp = best.hyperparameters
+    run.best_value = float(best.score)
+    run.winner = {"values": dict(hp.values), "epochs": int(hp.values.get("tuner/epochs", MAX_EPOCHS))}
+    log(f"KerasTuner: {run.trials} trial(s), best val_accuracy {run.best_value:.4f} {hp.values}")
+    run.winner["builder"] = lambda: peer_model(hp, data, weights, backbone, alpha, image_size, unfreeze)
+    return run
+
+
+def retrain_peer(run: Run, data, seeds: int, seed0: int = 0) -> dict:
+    """The peer's winner fitted again for its epochs, `seeds` times; validated, then tested once each."""
+    import keras
+
+    vals, tests = [], []
+    for seed in range(seed0, seed0 + seeds):
+        keras.utils.set_random_seed(seed)
+        model = run.winner["builder"]()
+        model.fit(data.train.images, data.train.labels, validation_data=(data.val.images, data.val.labels),
+                  epochs=run.winner["epochs"], batch_size=32, verbose=0)
+        vals.append(float(model.evaluate(data.val.images, data.val.labels, verbose=0)[1]))
+        tests.append(float(model.evaluate(data.test.images, data.test.labels, verbose=0)[1]))
+        keras.backend.clear_session()
+    return _retrained(run.best_value, vals, tests)
+
+
+def _retrained(search_value: float, vals: list[float], tests: list[float]) -> dict:
+    std = lambda xs: float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0  # noqa: E731
+    return {"test_mean": float(np.mean(tests)), "test_std": std(tests), "val_mean": float(np.mean(vals)),
+            "gap": search_value - float(np.mean(vals)), "seeds": len(tests)}
+
+
+# ----------------------------------------------------------------------------------------------- ours
+
+
+def run_ours(label: str, name: str, overrides: list[str], budget_s: float, cache_mode: str, log=print) -> Run:
+    import optuna
+
+    from search.space import load_space
+    from search.study.run import run_study
+    from search.training import cache
+
+    space = load_space(SPACE, [*overrides, f"study.name={name}"]).with_study(timeout=budget_s)
+    with cache.using(cache_mode):
+        study = run_study(space, n_trials=100_000, timeout=budget_s, reporters=())
+    start = min(t.datetime_start for t in study.trials).timestamp()
+    run, best = Run(label, trials=len(study.trials)), -1.0
+    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                    key=lambda t: t.datetime_complete):
+        best = max(best, t.value)
+        run.curve.append((t.datetime_complete.timestamp() - start, best))
+    if not run.curve:
+        raise UserError(f"{label}: no trial completed within {budget_s:.0f}s")
+    run.best_value, run.winner = best, {"study": name}
+    log(f"{label}: {run.trials} trial(s), best val_accuracy {best:.4f}")
+    return run
+
+
+def retrain_ours(run: Run, seeds: int) -> dict:
+    from search.deliver.export import export
+    from search.deliver.retrain import retrain
+
+    best_yaml = export(run.winner["study"])[0]
+    report = json.loads((retrain(best_yaml, seeds=seeds, fit="train") / "report.json").read_text())
+    vals = [r["validation"]["accuracy"] for r in report["seeds"]]
+    tests = [r["test"]["accuracy"] for r in report["seeds"]]
+    return _retrained(run.best_value, vals, tests)
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class PeerData:
+    train: object
+    val: object
+    test: object
+    class_names: tuple
+
+
+def bench(data_path: str, weights: str, budget_s: float = 600, seeds: int = 3, name: str = "peer",
+          overrides: tuple = (), peer_kwargs: dict | None = None, log=print) -> Path:
+    """All three runs, the retraining, the report: studies/bench/<name>.md (and .json, .png)."""
+    from search.data.datasets import load_search_data, load_split
+    from search.space import load_space
+
+    space_overrides = [f"dataset={data_path}", f"weights={weights}", *overrides]
+    space = load_space(SPACE, space_overrides)
+    size, split, split_seed = space.fixed("image_size"), space.fixed("split"), space.fixed("split_seed")
+    search_data = load_search_data(data_path, size, split, split_seed)  # the same split for every run
+    data = PeerData(search_data.train, search_data.val, load_split(data_path, size, split, split_seed, "test"),
+                    search_data.class_names)
+    folder = studies_dir() / "bench"
+    folder.mkdir(parents=True, exist_ok=True)
+    peer = run_peer(data, weights, budget_s, folder / f"{name}-kt", log=log, **(peer_kwargs or {}))
+    ours = run_ours("this project", f"{name}-ours", space_overrides, budget_s, "memory", log)
+    plain = run_ours("this project, feature cache off", f"{name}-nocache", space_overrides, budget_s, "off", log)
+    peer.retrained = retrain_peer(peer, data, seeds)
+    ours.retrained = retrain_ours(ours, seeds)
+    runs = [peer, ours, plain]
+    time_to_quality_figure({r.label: r.curve for r in runs}, peer.best_value).savefig(folder / f"{name}.png", dpi=110)
+    return write_report(runs, peer.best_value, budget_s, data_path, folder / f"{name}.md")
+
+
+def write_report(runs: list[Run], target: float, budget_s: float, data_path: str, path: Path) -> Path:
+    lines = ["# Time to quality: this project against KerasTuner Hyperband", "",
+             f"Data `{data_path}`; {budget_s:.0f} s of search each, one after the other on this machine; target: "
+             f"the peer's final best validation accuracy, {target:.4f}.", "",
+             "| run | trials | best val | first >= target | winner retrained, test | search val - retrained val |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        reached = r.first_reaching(target)
+        t = r.retrained
+        retrained = f"{t['test_mean']:.4f} ± {t['test_std']:.4f} ({t['seeds']} seeds)" if t else "-"
+        gap = f"{100 * t['gap']:+.1f} points" if t else "-"
+        lines.append(f"| {r.label} | {r.trials} | {r.best_value:.4f} | "
+                     f"{f'{reached:.0f} s' if reached is not None else 'not reached'} | {retrained} | {gap} |")
+    lines += ["", f"![best validation accuracy against time]({path.with_suffix('.png').name})", ""]
+    path.write_text("\n".join(lines))
+    path.with_suffix(".json").write_text(json.dumps(
+        [{"label": r.label, "trials": r.trials, "best_value": r.best_value, "curve": r.curve,
+          "first_reaching_target": r.first_reaching(target), "retrained": r.retrained} for r in runs], indent=1))
+    return path
