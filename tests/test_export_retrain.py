@@ -252,3 +252,15 @@ def test_report_table_per_backbone_and_freezing(exported, first_run):
     assert pd.isna(frozen["best_val_accuracy"]) and pd.isna(frozen["retrained_test_accuracy"])
     text = md.read_text()
     assert "| tiny_cnn | top_blocks | 1 | 0 | 0 |" in text and "| tiny_cnn | frozen | 0 | 1 | 0 |" in text
+
+
+def test_a_best_yaml_of_the_same_tiny_cnn_pretraining_still_checks_after_the_layout_move():
+    """best.yaml files record the built-in weights' recipe fingerprint; the one computed before search/models/
+    existed (a whole-file hash) names the same pretraining and is accepted, any other is refused."""
+    from search.models import tiny_cnn
+
+    cfg = TrialConfig(weights="builtin")
+    for recipe in (*tiny_cnn.EARLIER_FINGERPRINTS, tiny_cnn.source_fingerprint()):
+        check_fingerprints(cfg, {"weights": {"source": "builtin", "recipe": recipe}}, "best.yaml")
+    with pytest.raises(UserError, match="backbone weights 'builtin' changed since export"):
+        check_fingerprints(cfg, {"weights": {"source": "builtin", "recipe": "0123456789ab"}}, "best.yaml")

@@ -25,6 +25,7 @@ import yaml
 from search.config import TrialConfig, studies_dir
 from search.data.datasets import load_images, split_indices
 from search.errors import UserError
+from search.models import tiny_cnn
 from search.space import parse_space, sample
 from search.study import pareto
 from search.study.pareto import accuracy, cost, cost_name, format_cost, parse_rule
@@ -81,8 +82,6 @@ def weights_fingerprint(cfg: TrialConfig) -> dict:
     if cfg.weights in ("imagenet", "none"):
         return {"source": cfg.weights}  # ImageNet files are keras's, identified by the keras version
     if cfg.weights == "builtin":
-        from search.models import tiny_cnn
-
         # the cache file is named by this fingerprint of the source task and pretraining recipe
         return {"source": "builtin", "recipe": tiny_cnn.source_fingerprint()}
     path = Path(cfg.weights).expanduser()
@@ -105,7 +104,9 @@ def check_fingerprints(cfg: TrialConfig, exported: dict, source: str) -> None:
     if want_w.get("source") == "file" and now_w.get("sha256") != want_w.get("sha256"):
         raise UserError(f"{source}: weights file {cfg.weights!r} changed since export "
                         f"(sha256 {want_w.get('sha256')} then, {now_w.get('sha256')} now)")
-    if want_w and want_w.get("source") != "file" and now_w != want_w:
+    if want_w.get("source") == "builtin" and tiny_cnn.same_recipe(want_w.get("recipe")):
+        pass  # the same pretraining, perhaps fingerprinted by an earlier version
+    elif want_w and want_w.get("source") != "file" and now_w != want_w:
         raise UserError(f"{source}: backbone weights {cfg.weights!r} changed since export "
                         f"({_brief(want_w)} then, {_brief(now_w)} now)")
     want = exported.get("dataset")

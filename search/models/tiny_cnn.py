@@ -19,6 +19,9 @@ from search.data.builtin import SIZE, make_task
 from search.files import atomic_path
 
 PRETRAIN_EPOCHS = 25
+# The same task and recipe as fingerprinted before search/models/ existed (a hash of the whole old builtin.py):
+# a best.yaml exported then still checks as trained on these weights.
+EARLIER_FINGERPRINTS = frozenset({"d69de1c1fee7"})
 
 
 def build_tiny_cnn(input_shape, weights):
@@ -50,6 +53,10 @@ def source_fingerprint() -> str:
     parts = [inspect.getsource(f) for f in (builtin._mask, builtin._draw, builtin.make_task, build_tiny_cnn, _pretrain)]
     text = "".join(parts) + repr(builtin.TASKS) + repr(builtin.SOURCE_CLASSES) + f"{builtin.SIZE} {PRETRAIN_EPOCHS}"
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def same_recipe(fingerprint: str | None) -> bool:
+    return fingerprint == source_fingerprint() or fingerprint in EARLIER_FINGERPRINTS
 
 
 def pretrained_tiny_cnn() -> str:
