@@ -22,9 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from search.config import studies_dir
+from search.data.folds import mean_std
 from search.errors import UserError
 from search.plots import time_to_quality_figure
 
@@ -91,17 +90,16 @@ def run_peer(data, weights: str, budget_s: float, folder: Path, backbone="mobile
 
     class Watch(keras.callbacks.Callback):  # records each trial's best and stops the search at the budget
         def on_train_begin(self, logs=None):
-            self.best = float("nan")
+            self.best = run.curve[-1][1] if run.curve else -1.0  # the search's best so far
 
         def on_epoch_end(self, epoch, logs=None):
-            self.best = max(self.best if self.best == self.best else -1.0, float(logs["val_accuracy"]))
+            self.best = max(self.best, float(logs["val_accuracy"]))
             if time.monotonic() - start >= budget_s:
                 raise kt.errors.FatalError("time budget spent")
 
         def on_train_end(self, logs=None):
             run.trials += 1
-            best = max([self.best, *(v for _, v in run.curve[-1:])])
-            run.curve.append((time.monotonic() - start, best))
+            run.curve.append((time.monotonic() - start, self.best))
 
     tuner = kt.Hyperband(lambda hp: peer_model(hp, data, weights, backbone, alpha, image_size, unfreeze),
                          objective="val_accuracy", max_epochs=MAX_EPOCHS, factor=FACTOR, seed=0,
@@ -140,9 +138,9 @@ def retrain_peer(run: Run, data, seeds: int, seed0: int = 0) -> dict:
 
 
 def _retrained(search_value: float, vals: list[float], tests: list[float]) -> dict:
-    std = lambda xs: float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0  # noqa: E731
-    return {"test_mean": float(np.mean(tests)), "test_std": std(tests), "val_mean": float(np.mean(vals)),
-            "gap": search_value - float(np.mean(vals)), "seeds": len(tests)}
+    (test_mean, test_std), (val_mean, _) = mean_std(tests), mean_std(vals)
+    return {"test_mean": test_mean, "test_std": test_std, "val_mean": val_mean, "gap": search_value - val_mean,
+            "seeds": len(tests)}
 
 
 # ----------------------------------------------------------------------------------------------- ours

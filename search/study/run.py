@@ -22,7 +22,7 @@ from search.study.objective import Objective, StopAfterFailures
 from search.study.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
 from search.study.record import SPACE_ATTR, TrialRecord
 from search.study.storage import Heartbeat, sqlite_timeout
-from search.study.storage import open_storage as _storage  # noqa: F401 (its old name here; export.py and tests use it)
+from search.study.storage import open_storage as _storage  # noqa: F401 (its old name here; tests use it)
 
 
 def make_sampler(space: Space, seed: int | None = None, parallel: bool = False) -> optuna.samplers.BaseSampler:

@@ -26,7 +26,7 @@ import optuna
 
 from search.config import FIELD_TYPES, valid_study_name
 from search.errors import UserError
-from search.space import Space, load_space
+from search.space import Space, load_space, split_backbone
 from search.study.pareto import accuracy
 from search.study.prerank import compute_logme
 from search.study.record import TrialRecord
@@ -107,7 +107,7 @@ def _by_name(name: str, url: str) -> tuple[optuna.Study, str]:
 def similarity(config: dict | None, space: Space) -> float:
     """LogME of a source winner's backbone on this space's training split (higher: more transferable here);
     -inf when this space cannot sample that backbone. The image size is the space's nearest to the source's."""
-    if not config or config.get("backbone") not in {v.split("@")[0] for v in space.values("backbone")}:
+    if not config or config.get("backbone") not in {split_backbone(v)[0] for v in space.values("backbone")}:
         return -math.inf
     sizes = space.values("image_size")
     size = min(sizes, key=lambda s: abs(s - config.get("image_size", sizes[0])))
