@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from search.config import TrialConfig
-from search.data.datasets import Split, make_dataset, with_mirrors
+from search.data.datasets import Split, with_mirrors
 from search.errors import TrialError
 from search.models.augment import get_augmentation
 from search.models.build import apply_freezing, build_model, count_params
@@ -78,8 +78,53 @@ def _check_finite(curve: list) -> None:
 
 
 def predict_labels(model: keras.Model, split: Split, num_classes: int, batch_size: int) -> np.ndarray:
-    probs = model.predict(make_dataset(split, num_classes, batch_size, shuffle=False), verbose=0)
-    return np.argmax(probs, axis=1)
+    return np.argmax(Inference(model, batch_size)(split.images), axis=1)
+
+
+class Inference:
+    """`net(x, training=False)` over an array in batches, traced once per network.
+
+    Keras' evaluate() and predict() each trace their own function, and a network compiled with
+    steps_per_execution = a whole epoch (the cached phases) gets them as while loops, whose tracing cost up to
+    8 s a trial for MobileNetV2's top 80 layers on 2 cores: more than the epochs it validated. One traced
+    forward pass, shared by the per-epoch validation, the initial accuracy and the final predictions, costs
+    about 1 s. Every batch has the same shape (the last is padded), so nothing is traced twice."""
+
+    def __init__(self, net: keras.Model, batch_size: int):
+        self.batch_size = batch_size
+        self.forward = tf.function(lambda x: net(tf.cast(x, tf.float32), training=False))
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        b, out = self.batch_size, []
+        for start in range(0, len(inputs), b):
+            chunk = inputs[start:start + b]
+            if len(chunk) < b:
+                chunk = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            out.append(keras.ops.convert_to_numpy(self.forward(chunk)))
+        return np.concatenate(out)[:len(inputs)] if out else np.zeros((0, 0), np.float32)
+
+
+class Validation(keras.callbacks.Callback):
+    """Adds val_loss and val_accuracy to each epoch's logs, as fit(validation_data=...) would, through one
+    shared Inference pass. It must come first among the callbacks: Keras hands every callback the same logs
+    dict, so pruning, early stopping and the curve recorder after it read these values."""
+
+    def __init__(self, inference: Inference, inputs: np.ndarray, labels: np.ndarray, num_classes: int,
+                 label_smoothing: float):
+        super().__init__()
+        self.inference, self.inputs = inference, inputs
+        self.onehot = np.eye(num_classes, dtype=np.float32)[labels]
+        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+    def evaluate(self) -> dict:
+        probs = self.inference(self.inputs)
+        return {"val_loss": float(self.loss(self.onehot, probs)),
+                "val_accuracy": float(np.mean(np.argmax(probs, axis=1) == np.argmax(self.onehot, axis=1))),
+                "probabilities": probs}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs.update({k: v for k, v in self.evaluate().items() if k != "probabilities"})
 
 
 def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int,
@@ -100,16 +145,12 @@ def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batc
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def in_order(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int):
-    """(inputs, one-hot) batches in split order, for validation."""
-    return make_dataset(Split(inputs, labels), num_classes, batch_size, shuffle=False)
-
-
 class _Phase:
     """What one phase fits: the full model on images, or a sub-model on cached tensors."""
 
     def __init__(self, net: keras.Model, train_x: np.ndarray, eval_x: np.ndarray, cached: bool):
         self.net, self.train_x, self.eval_x, self.cached = net, train_x, eval_x, cached
+        self.validation: Validation | None = None  # set by train() when there is an evaluation split
 
     def compile(self, optimizer, cfg: TrialConfig, steps: int) -> None:
         # On cached tensors a step is so cheap that Keras' per-step overhead would dominate: run a whole
@@ -193,20 +234,21 @@ def train(
         cache.announce(plan)
         phase1, phase2 = _phases(cfg, model, plan, train_split, eval_split)
 
-        def validation(phase: _Phase):
-            return None if eval_split is None else in_order(phase.eval_x, eval_split.labels, n_classes,
-                                                            cfg.batch_size)
+        if eval_split is not None:
+            for phase in {id(p): p for p in (phase1, phase2)}.values():  # one object when both phases share it
+                phase.validation = Validation(Inference(phase.net, cfg.batch_size), phase.eval_x,
+                                              eval_split.labels, n_classes, cfg.label_smoothing)
 
         def fit(phase: _Phase, start: int, stop: int, extra: list) -> None:
             batches = epoch_batches(phase.train_x, train_split.labels, n_classes, cfg.batch_size, cfg.seed, start)
+            extra = [phase.validation, *extra] if phase.validation else extra
             phase.net.fit(batches, steps_per_epoch=steps, initial_epoch=start, epochs=stop, callbacks=extra,
-                          validation_data=validation(phase), verbose=0, shuffle=False)
+                          verbose=0, shuffle=False)
             _check_finite(curve)
 
         first = phase1 if cfg.warmup_epochs > 0 or cfg.finetune_epochs == 0 else phase2
         first.compile(warmup_optimizer(cfg), cfg, steps)
-        initial_accuracy = float("nan") if eval_split is None else float(first.net.evaluate(
-            validation(first), verbose=0, return_dict=True)["accuracy"])
+        initial_accuracy = float("nan") if eval_split is None else first.validation.evaluate()["val_accuracy"]
         last = first
         if cfg.warmup_epochs > 0:
             fit(phase1, 0, cfg.warmup_epochs, [EpochRecorder(curve, 1), *callbacks])
@@ -227,12 +269,8 @@ def train(
             raise TrialError(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
         raise
     seconds = time.perf_counter() - started
-    if eval_split is None:
-        y_pred = None
-    elif last.cached:  # the sub-model on the cached tensors is the full model's function: one pass saved
-        y_pred = np.argmax(last.net.predict(validation(last), verbose=0), axis=1)
-    else:
-        y_pred = predict_labels(model, eval_split, n_classes, cfg.batch_size)
+    # the last phase's network is the full model's function (on cached tensors: one backbone pass saved)
+    y_pred = None if eval_split is None else np.argmax(last.validation.evaluate()["probabilities"], axis=1)
     total, trainable = count_params(model)
     return TrainResult(
         model=model,
