@@ -121,6 +121,12 @@ rank-check: $(BIN)/.installed
 bench-peer: $(BIN)/.installed
 	$(BIN)/python -m search bench-peer --data "$$DATA" --weights "$$WEIGHTS" $(if $(filter command line environment,$(origin BUDGET)),--budget "$$BUDGET") $$ARGS
 
+.PHONY: bench-portfolio
+## make bench-portfolio DATA=folder WEIGHTS=folder [ARGS="--stage measure|compare --seeds 3 --budget 240"]:
+##   candidates across data sets -> studies/bench/portfolio.yaml (paste into spaces/portfolio.yaml); warm vs cold
+bench-portfolio: $(BIN)/.installed
+	$(BIN)/python -m search bench-portfolio --data "$$DATA" --weights "$$WEIGHTS" $$ARGS
+
 .PHONY: bench-cv
 ## make bench-cv [SPACE=spaces/flowers.yaml] [DATA=folder] [WEIGHTS=folder] [ARGS="--budget 300 --study-seeds 3 --top 10"]
 bench-cv: $(BIN)/.installed

@@ -44,6 +44,8 @@ class TrialConfig:
     learning_rate: float = 1e-3
     momentum: float = 0.9  # sgd only
     weight_decay: float = 1e-4  # adamw only
+    lr_schedule: str = "constant"  # a search.models.schedules entry: constant | cosine (decay to 0 at the end)
+    lr_warmup_epochs: int = 0  # cosine only: epochs of linear warm-up from 0 before the decay
     early_stopping_patience: int = 3  # phase 2, on validation accuracy; 0 disables
     # --- everything else ---
     batch_size: int = 32

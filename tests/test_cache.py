@@ -305,3 +305,21 @@ def test_bad_cache_setting_is_a_user_error(monkeypatch):
     monkeypatch.setenv("TRANSFER_SEARCH_FEATURE_CACHE", "ram")
     with pytest.raises(UserError, match="TRANSFER_SEARCH_FEATURE_CACHE='ram'; valid: memory, disk, off"):
         cache.settings()
+
+
+@pytest.mark.parametrize("mode", ["memory", "off"])
+def test_validation_logs_are_what_keras_evaluate_computes_and_the_metrics_use_the_same_pass(data, mode):
+    """Per-epoch validation runs through train.Validation's one traced pass, not fit(validation_data=...): its
+    logs equal Keras' own evaluate of the model returned (same loss, same accuracy), on the cached path and on
+    images, and the final metrics are that same pass's."""
+    cfg = dataclasses.replace(BASE, label_smoothing=0.1, freeze="top_blocks")
+    result, plan = run(cfg, data, mode)
+    assert plan.phase2 == ("cut" if mode == "memory" else "images")
+    last = result.curve[-1]
+    onehot = keras.utils.to_categorical(data.val.labels, 5)
+    result.model.compile(loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1), metrics=["accuracy"])
+    loss, accuracy = result.model.evaluate(data.val.images.astype("float32"), onehot, batch_size=7, verbose=0)
+    assert last["val_accuracy"] == pytest.approx(accuracy, abs=1.5 / len(data.val.labels))  # an argmax tie at most
+    assert last["val_loss"] == pytest.approx(loss, rel=1e-3)
+    assert result.metrics["accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-12)
+    assert {"build", "features", "warmup", "finetune", "evaluate"} <= set(result.seconds_by_phase)

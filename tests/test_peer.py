@@ -30,3 +30,31 @@ def test_bench_peer_in_miniature(tmp_path, monkeypatch):
         assert r["retrained"]["gap"] == pytest.approx(r["best_value"] - r["retrained"]["val_mean"])
     text = report.read_text()
     assert "| KerasTuner Hyperband |" in text and report.with_suffix(".png").stat().st_size > 0
+
+
+def test_time_to_target_and_retrain_gap_on_a_hand_made_run():
+    run = peer.Run("x", curve=[(10.0, 0.70), (25.0, 0.84), (40.0, 0.88), (90.0, 0.90)])
+    assert run.first_reaching(0.88) == 40.0 and run.first_reaching(0.84) == 25.0
+    assert run.first_reaching(0.91) is None
+    got = peer._retrained(0.90, vals=[0.86, 0.88], tests=[0.85, 0.87])
+    assert got["gap"] == pytest.approx(0.03) and got["val_mean"] == pytest.approx(0.87)
+    assert got["test_mean"] == pytest.approx(0.86) and got["seeds"] == 2
+
+
+def test_the_study_profile_sums_phases_and_splits_off_bookkeeping():
+    import datetime
+
+    from optuna.trial import TrialState, create_trial
+
+    t0 = datetime.datetime(2026, 1, 1)
+    trials = []
+    for start, length, phases in ((0, 10, {"build": 1, "warmup": 2, "finetune": 5}),
+                                  (12, 6, {"build": 1, "warmup": 4})):
+        t = create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={"seconds_by_phase": phases})
+        t.datetime_start = t0 + datetime.timedelta(seconds=start)
+        t.datetime_complete = t.datetime_start + datetime.timedelta(seconds=length)
+        trials.append(t)
+    profile = peer.study_profile(trials)
+    assert profile["build"] == 2 and profile["warmup"] == 6 and profile["finetune"] == 5 and profile["features"] == 0
+    assert profile["rest of each trial"] == pytest.approx(16 - 13)  # trials lasted 16 s, phases took 13
+    assert profile["between trials"] == pytest.approx(18 - 16) and profile["wall"] == pytest.approx(18)

@@ -40,6 +40,7 @@ class Run:
     best_value: float = float("nan")
     winner: dict = field(default_factory=dict)  # what the retraining needs
     retrained: dict = field(default_factory=dict)  # test mean/std, validation mean, gap
+    profile: dict = field(default_factory=dict)  # seconds per phase (this project's runs): study_profile
 
     def first_reaching(self, target: float) -> float | None:
         return next((t for t, v in self.curve if v >= target - 1e-9), None)
@@ -164,9 +165,29 @@ def run_ours(label: str, name: str, overrides: list[str], budget_s: float, cache
         run.curve.append((t.datetime_complete.timestamp() - start, best))
     if not run.curve:
         raise UserError(f"{label}: no trial completed within {budget_s:.0f}s")
-    run.best_value, run.winner = best, {"study": name}
+    run.best_value, run.winner, run.profile = best, {"study": name}, study_profile(study.trials)
     log(f"{label}: {run.trials} trial(s), best val_accuracy {best:.4f}")
     return run
+
+
+def study_profile(trials) -> dict:
+    """Where a study's wall time went: each training phase summed over its trials (TrainResult.seconds_by_phase),
+    the rest of each trial (sampling, records, clearing the session), and the time between trials (Optuna,
+    storage). Seconds; `wall` is the first trial's start to the last trial's end."""
+    from search.study.record import TrialRecord
+    from search.training.train import PHASES
+
+    ended = [t for t in trials if t.datetime_start and t.datetime_complete]
+    if not ended:
+        return {}
+    phases = {name: 0.0 for name in PHASES}
+    for t in ended:
+        for name, seconds in (TrialRecord.of(t).seconds_by_phase or {}).items():
+            phases[name] = phases.get(name, 0.0) + seconds
+    in_trials = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in ended)
+    wall = (max(t.datetime_complete for t in ended) - min(t.datetime_start for t in ended)).total_seconds()
+    return {**phases, "rest of each trial": in_trials - sum(phases.values()), "between trials": wall - in_trials,
+            "wall": wall}
 
 
 def retrain_ours(run: Run, seeds: int) -> dict:
@@ -229,8 +250,20 @@ def write_report(runs: list[Run], target: float, budget_s: float, data_path: str
         lines.append(f"| {r.label} | {r.trials} | {r.best_value:.4f} | "
                      f"{f'{reached:.0f} s' if reached is not None else 'not reached'} | {retrained} | {gap} |")
     lines += ["", f"![best validation accuracy against time]({path.with_suffix('.png').name})", ""]
+    profiled = [r for r in runs if r.profile]
+    if profiled:
+        lines += ["Where this project's time went (seconds, summed over each study's trials; the images are "
+                  "decoded once before every run's clock starts):", "",
+                  "| phase | " + " | ".join(r.label for r in profiled) + " |",
+                  "|---|" + "---|" * len(profiled)]
+        for phase in profiled[0].profile:
+            cells = [f"{r.profile.get(phase, 0):.0f} ({100 * r.profile.get(phase, 0) / r.profile['wall']:.0f}%)"
+                     for r in profiled]
+            lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+        lines.append("")
     path.write_text("\n".join(lines))
     path.with_suffix(".json").write_text(json.dumps(
         [{"label": r.label, "trials": r.trials, "best_value": r.best_value, "curve": r.curve,
-          "first_reaching_target": r.first_reaching(target), "retrained": r.retrained} for r in runs], indent=1))
+          "first_reaching_target": r.first_reaching(target), "retrained": r.retrained, "profile": r.profile}
+         for r in runs], indent=1))
     return path

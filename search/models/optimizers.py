@@ -8,6 +8,7 @@ from typing import Callable
 
 from search.config import TrialConfig
 from search.errors import UserError
+from search.models.schedules import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -25,15 +26,19 @@ OPTIMIZERS: dict[str, OptimizerInfo] = {o.name: o for o in [
 ]}
 
 
-def make_optimizer(cfg: TrialConfig):
-    """Phase 2's optimizer, as sampled."""
+def make_optimizer(cfg: TrialConfig, steps_per_epoch: int = 1):
+    """Phase 2's optimizer, as sampled, with its learning-rate schedule (search/models/schedules.py)."""
     import keras
 
     try:
         info = OPTIMIZERS[cfg.optimizer]
     except KeyError:
         raise UserError(f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}") from None
-    return info.build(keras.optimizers, cfg, cfg.learning_rate)
+    try:
+        schedule = SCHEDULES[cfg.lr_schedule]
+    except KeyError:
+        raise UserError(f"unknown lr_schedule {cfg.lr_schedule!r}; valid: {', '.join(SCHEDULES)}") from None
+    return info.build(keras.optimizers, cfg, schedule.build(keras.optimizers.schedules, cfg, steps_per_epoch))
 
 
 def warmup_optimizer(cfg: TrialConfig):

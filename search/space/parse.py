@@ -270,13 +270,16 @@ def _check_consistency(params: dict[str, Param], fail) -> None:
               "finetune_epochs": (0, None), "head_layers": (0, None), "head_units": (1, None),
               "early_stopping_patience": (0, None), "dropout": (0, 0.99), "label_smoothing": (0, 0.99),
               "learning_rate": (1e-12, None), "warmup_learning_rate": (1e-12, None),
-              "momentum": (0, 0.999), "weight_decay": (0, None), "alpha": (0.01, None)}
+              "momentum": (0, 0.999), "weight_decay": (0, None), "alpha": (0.01, None), "lr_warmup_epochs": (0, None)}
     for name, (lo, hi) in bounds.items():
         for v in get(name):
             if v < lo or (hi is not None and v > hi):
                 fail(f"params.{name}", f"{v} is out of bounds [{lo}, {hi if hi is not None else 'inf'}]")
     if max(get("warmup_epochs")) + max(get("finetune_epochs")) < 1:
         fail("params.finetune_epochs", "a trial needs at least one epoch")
+    if "cosine" in get("lr_schedule") and max(get("lr_warmup_epochs")) >= min(get("finetune_epochs")):
+        fail("params.lr_warmup_epochs", f"{max(get('lr_warmup_epochs'))} leaves no fine-tuning epoch to decay over "
+                                        f"(finetune_epochs {min(get('finetune_epochs'))})")
 
 
 def _check_rank(option: dict | None, params: dict, fail) -> None:

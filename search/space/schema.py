@@ -14,10 +14,12 @@ from search.models.augment import AUGMENTATIONS
 from search.models.backbones import BACKBONES
 from search.models.freezing import FREEZING
 from search.models.optimizers import OPTIMIZERS
+from search.models.schedules import SCHEDULES
 
 # a param whose values are a registry's names; read live, so a new entry needs no edit here
-CHOICES = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "freeze": FREEZING, "augment": AUGMENTATIONS}
-_OWN_PARAMS = {"freeze": FREEZING, "optimizer": OPTIMIZERS}  # entries that name the params only they sample
+CHOICES = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "freeze": FREEZING, "augment": AUGMENTATIONS,
+           "lr_schedule": SCHEDULES}
+_OWN_PARAMS = {"freeze": FREEZING, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES}  # entries that name the params only they sample
 _FIXED_CONDITIONS = {"alpha": ("backbone", lambda v: BACKBONES[v].has_alpha),
                      "head_units": ("head_layers", lambda v: v > 0),
                      "head_batchnorm": ("head_layers", lambda v: v > 0)}

@@ -28,6 +28,7 @@ from search.data.folds import best_finetune_epochs, study_folds
 from search.errors import TrialError, UserError
 from search.models.cost import COSTS, architecture, measure
 from search.space import Space, sample
+from search.study.pruning import trial_kind
 from search.study.record import TrialRecord, write
 from search.training.crossval import CVResult, cross_validate
 from search.training.train import TrainResult, train
@@ -62,17 +63,19 @@ class Objective:
         data = search_data_for(cfg)
         folds = study_folds(trial.study)
         curve: list[dict] = []
+        seconds_by_phase: dict = {}  # where the trial's time went (search.training.train.PHASES)
         result = None
         callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal(), self._deadline()) if c is not None]
         try:
             if folds > 1:
                 cv = cross_validate(cfg, folds, lambda i: self._fold_callbacks(i, callbacks, cfg), curve,
-                                    lambda i, values: self._race(trial, i, folds, values))
+                                    lambda i, values: self._race(trial, i, folds, values), seconds_by_phase)
                 result = cv.result
                 record_result(trial, result)
                 record_cv(trial, cv)
             else:
-                result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve)
+                result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve,
+                               seconds_by_phase=seconds_by_phase)
                 record_result(trial, result)
                 write(trial, refit_epochs=best_finetune_epochs(curve, cfg.warmup_epochs))
             cost_name = self.space.study.cost
@@ -109,7 +112,8 @@ class Objective:
             write(trial, traceback=traceback.format_exc()[-4000:])
             raise TrialError(reason) from exc
         finally:
-            write(trial, curve=[_round(r) for r in curve])
+            write(trial, curve=[_round(r) for r in curve],
+                  seconds_by_phase={k: round(v, 3) for k, v in seconds_by_phase.items()})
             for reporter in self.reporters:
                 try:
                     reporter(trial, cfg, curve, result, data.class_names)
@@ -162,14 +166,17 @@ class Objective:
     def _loses_race(self, trial: optuna.Trial, step: int, mean: float) -> bool:
         """The median rule on the running mean itself. Optuna's median pruner judges a trial by its best value
         over all its steps, and fold 1's epoch peaks would then shield a trial whose later folds fail: compare
-        the mean after this fold with the completed trials' means after the same fold. Other pruners decide
-        as they do for epochs."""
+        the mean after this fold with the completed trials' (of the same kind) means after the same fold. Other
+        pruners decide as they do for epochs."""
         pruner = self.space.study.pruner
         if pruner["type"] != "median":
             return trial.should_prune()
         if step < pruner.get("n_warmup_steps", 0):
             return False
-        completed = trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        fixed = self.space.fixed("freeze")
+        mine = trial_kind(trial.params, fixed)  # its own kind only, as search/study/pruning.py does for epochs
+        completed = [t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if trial_kind(t.params, fixed) == mine]
         at_step = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
         if len(completed) < pruner.get("n_startup_trials", 5) or not at_step:
             return False

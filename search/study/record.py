@@ -29,6 +29,7 @@ class TrialRecord:
     params_trainable: int | None = None
     seconds_per_epoch: float | None = None
     seconds_total: float | None = None
+    seconds_by_phase: dict | None = None  # {build, features, warmup, finetune, evaluate}: search.training.train.PHASES
     # cross-validation (search/training/crossval.py); refit_epochs also for a single split
     cv_folds: int | None = None
     cv_fold_values: list | None = None

@@ -20,6 +20,7 @@ from search.study import prerank, warm_start
 from search.study.artifacts import ArtifactReporter, artifact_dir, save_study_note
 from search.study.objective import Objective, StopAfterFailures
 from search.study.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
+from search.study.pruning import SameKindPruner, trial_kind
 from search.study.record import SPACE_ATTR, TrialRecord
 from search.study.storage import Heartbeat, sqlite_timeout
 from search.study.storage import open_storage as _storage  # noqa: F401 (its old name here; tests use it)
@@ -39,18 +40,27 @@ def make_sampler(space: Space, seed: int | None = None, parallel: bool = False) 
 
 
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
+    """The space's pruner; median and successive halving judge each trial against its own kind only (frozen or
+    fine-tuning) when the space samples both (search/study/pruning.py says why)."""
     options = dict(space.study.pruner)
     kind = options.pop("type", "median")
     if kind == "median":
-        return optuna.pruners.MedianPruner(**options)
+        return same_kind(space, optuna.pruners.MedianPruner(**options))
     if kind == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**options)
-    if kind == "hyperband":
+        return same_kind(space, optuna.pruners.SuccessiveHalvingPruner(**options))
+    if kind == "hyperband":  # its brackets rebuild the study from storage: no view of it can filter trials
         epochs = [w + f for w in space.values("warmup_epochs") for f in space.values("finetune_epochs")]
         return optuna.pruners.HyperbandPruner(max_resource=max(epochs), **options)
     if kind == "threshold" and not space.study.cost:  # multi-objective: search.study.objective.AccuracyFloor instead
         return optuna.pruners.ThresholdPruner(**options)
     return optuna.pruners.NopPruner()
+
+
+def same_kind(space: Space, pruner: optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
+    fixed = space.fixed("freeze")
+    if len({trial_kind({"freeze": f}, fixed) for f in space.values("freeze")}) < 2:
+        return pruner  # one kind only: nothing to separate
+    return SameKindPruner(pruner, lambda params: trial_kind(params, fixed))
 
 
 def directions(space: Space) -> list[str]:

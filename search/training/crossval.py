@@ -44,9 +44,11 @@ def cv_folds(cfg: TrialConfig, k: int):
 
 
 def cross_validate(cfg: TrialConfig, k: int, callbacks_for: Callable[[int], list], curve: list,
-                   after_fold: Callable[[int, list[float]], None] = lambda i, values: None) -> CVResult:
+                   after_fold: Callable[[int, list[float]], None] = lambda i, values: None,
+                   seconds_by_phase: dict | None = None) -> CVResult:
     """Train the K folds in order. `callbacks_for(i)` gives fold i's Keras callbacks; `curve` receives
-    fold 0's epochs (the trial's learning curve); `after_fold(i, values so far)` runs after each fold."""
+    fold 0's epochs (the trial's learning curve); `after_fold(i, values so far)` runs after each fold;
+    `seconds_by_phase` sums every fold's (search.training.train.PHASES)."""
 
     pool, folds, names = cv_folds(cfg, k)
     values, best, results, truth = [], [], [], []
@@ -55,7 +57,7 @@ def cross_validate(cfg: TrialConfig, k: int, callbacks_for: Callable[[int], list
         if i > 0:
             keras.backend.clear_session()  # the previous fold's model is no longer needed
         result = train(dataclasses.replace(cfg, seed=cfg.seed + i), subset(pool, train_idx), subset(pool, val_idx),
-                       names, callbacks=callbacks_for(i), curve=fold_curve)
+                       names, callbacks=callbacks_for(i), curve=fold_curve, seconds_by_phase=seconds_by_phase)
         values.append(result.metrics["accuracy"])
         best.append(best_finetune_epochs(fold_curve, cfg.warmup_epochs))
         truth.append(pool.labels[val_idx])

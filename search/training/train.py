@@ -16,6 +16,7 @@ seed and the epoch, so cached and uncached phases see the very same batches.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,25 @@ class TrainResult:
     seconds_total: float
     seconds_per_epoch: float
     curve: list[dict] = field(default_factory=list)  # one record per epoch: epoch, phase, seconds, logs
+    seconds_by_phase: dict = field(default_factory=dict)  # see PHASES
     predictions: np.ndarray | None = None  # predicted class per image of the evaluation split
+
+
+# Where a trial's time goes (TrainResult.seconds_by_phase; the study profile of `make bench-peer` sums them):
+PHASES = {"build": "build the model, plan the cache",
+          "features": "the frozen part's outputs: computed once, or looked up",
+          "warmup": "phase 1: the head on the frozen backbone (its first epoch traces the step)",
+          "finetune": "phase 2: the freezing strategy's layers (its first epoch traces the step)",
+          "evaluate": "the final predictions and metrics on the evaluation split"}
+
+
+@contextlib.contextmanager
+def timed(seconds_by_phase: dict, phase: str):
+    started = time.perf_counter()
+    try:
+        yield
+    finally:  # a pruned or failed phase keeps its time too
+        seconds_by_phase[phase] = seconds_by_phase.get(phase, 0.0) + time.perf_counter() - started
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -210,11 +229,13 @@ def train(
     class_names,
     callbacks=(),
     curve: list | None = None,
+    seconds_by_phase: dict | None = None,
 ) -> TrainResult:
     """Train `cfg` on train_split, validating per epoch on eval_split; `callbacks` go to both phases.
 
     eval_split None: the final refit on every non-test image (search.deliver.retrain), for exactly cfg's epochs:
-    no validation, no early stopping, and a TrainResult without metrics or predictions."""
+    no validation, no early stopping, and a TrainResult without metrics or predictions.
+    `curve` and `seconds_by_phase` (PHASES) may be caller-owned, so that a pruned trial keeps them."""
     if eval_split is None and cfg.early_stopping_patience > 0:
         raise ValueError("a fit without a validation split runs a fixed number of epochs: "
                          "set early_stopping_patience to 0")
@@ -224,15 +245,18 @@ def train(
     n_classes = len(class_names)
     curve = [] if curve is None else curve
     steps = math.ceil(len(train_split) / cfg.batch_size)
+    clock = {} if seconds_by_phase is None else seconds_by_phase
     started = time.perf_counter()
     try:
-        model = build_model(cfg, n_classes)
-        splits = [train_split] if eval_split is None else [train_split, eval_split]
-        computed = (sum(map(len, distinct_bases(splits))) if all(s.origin for s in splits)
-                    else sum(map(len, splits)))  # the images whose frozen outputs are computed and kept
-        plan = cache.plan_trial(cfg, model, computed)
-        cache.announce(plan)
-        phase1, phase2 = _phases(cfg, model, plan, train_split, eval_split)
+        with timed(clock, "build"):
+            model = build_model(cfg, n_classes)
+            splits = [train_split] if eval_split is None else [train_split, eval_split]
+            computed = (sum(map(len, distinct_bases(splits))) if all(s.origin for s in splits)
+                        else sum(map(len, splits)))  # the images whose frozen outputs are computed and kept
+            plan = cache.plan_trial(cfg, model, computed)
+            cache.announce(plan)
+        with timed(clock, "features"):
+            phase1, phase2 = _phases(cfg, model, plan, train_split, eval_split)
 
         if eval_split is not None:
             for phase in {id(p): p for p in (phase1, phase2)}.values():  # one object when both phases share it
@@ -246,22 +270,24 @@ def train(
                           verbose=0, shuffle=False)
             _check_finite(curve)
 
-        first = phase1 if cfg.warmup_epochs > 0 or cfg.finetune_epochs == 0 else phase2
-        first.compile(warmup_optimizer(cfg), cfg, steps)
-        initial_accuracy = float("nan") if eval_split is None else first.validation.evaluate()["val_accuracy"]
-        last = first
-        if cfg.warmup_epochs > 0:
-            fit(phase1, 0, cfg.warmup_epochs, [EpochRecorder(curve, 1), *callbacks])
+        with timed(clock, "warmup"):
+            first = phase1 if cfg.warmup_epochs > 0 or cfg.finetune_epochs == 0 else phase2
+            first.compile(warmup_optimizer(cfg), cfg, steps)
+            initial_accuracy = float("nan") if eval_split is None else first.validation.evaluate()["val_accuracy"]
+            last = first
+            if cfg.warmup_epochs > 0:
+                fit(phase1, 0, cfg.warmup_epochs, [EpochRecorder(curve, 1), *callbacks])
         if cfg.finetune_epochs > 0:
-            apply_freezing(model, cfg)
-            last = phase2
-            phase2.compile(make_optimizer(cfg), cfg, steps)
-            extra = [EpochRecorder(curve, 2), *callbacks]
-            if cfg.early_stopping_patience > 0:
-                extra.append(keras.callbacks.EarlyStopping(
-                    monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience,
-                    restore_best_weights=True))
-            fit(phase2, cfg.warmup_epochs, cfg.total_epochs, extra)
+            with timed(clock, "finetune"):
+                apply_freezing(model, cfg)
+                last = phase2
+                phase2.compile(make_optimizer(cfg, steps), cfg, steps)
+                extra = [EpochRecorder(curve, 2), *callbacks]
+                if cfg.early_stopping_patience > 0:
+                    extra.append(keras.callbacks.EarlyStopping(
+                        monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience,
+                        restore_best_weights=True))
+                fit(phase2, cfg.warmup_epochs, cfg.total_epochs, extra)
         if last.net is not model:  # leave the full model compiled as the uncached path does
             _compile(model, last.net.optimizer, cfg)
     except Exception as exc:
@@ -269,12 +295,14 @@ def train(
             raise TrialError(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
         raise
     seconds = time.perf_counter() - started
-    # the last phase's network is the full model's function (on cached tensors: one backbone pass saved)
-    y_pred = None if eval_split is None else np.argmax(last.validation.evaluate()["probabilities"], axis=1)
+    with timed(clock, "evaluate"):
+        # the last phase's network is the full model's function (on cached tensors: one backbone pass saved)
+        y_pred = None if eval_split is None else np.argmax(last.validation.evaluate()["probabilities"], axis=1)
+        metrics = {} if y_pred is None else classification_metrics(eval_split.labels, y_pred, class_names)
     total, trainable = count_params(model)
     return TrainResult(
         model=model,
-        metrics={} if y_pred is None else classification_metrics(eval_split.labels, y_pred, class_names),
+        metrics=metrics,
         initial_accuracy=initial_accuracy,
         train_accuracy=curve[-1].get("accuracy", float("nan")) if curve else float("nan"),
         params_total=total,
@@ -283,4 +311,5 @@ def train(
         seconds_per_epoch=float(np.mean([r["seconds"] for r in curve])) if curve else 0.0,
         curve=curve,
         predictions=y_pred,
+        seconds_by_phase={k: round(v, 3) for k, v in clock.items()},
     )
