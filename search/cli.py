@@ -35,6 +35,7 @@ COMMANDS = {
     "bench-flowers": ("search.commands.bench_flowers", "search + export + retrain + the seeds' baselines on real photos"),
     "bench-cv": ("search.commands.bench_cv", "one validation split against cross-validated trials: winners retrained and tested"),
     "bench-peer": ("search.commands.bench_peer", "benchmark: time to quality against KerasTuner Hyperband"),
+    "bench-knob": ("search.commands.bench_knob", "benchmark: one knob's values on fixed configurations and seeds"),
     "bench-portfolio": ("search.commands.bench_portfolio", "benchmark: the portfolio across data sets, warm vs cold"),
 }
 

@@ -25,11 +25,17 @@ def test_bench_peer_in_miniature(tmp_path, monkeypatch):
         assert r["trials"] >= 1 and 0 <= r["best_value"] <= 1
         assert [v for _, v in r["curve"]] == sorted(v for _, v in r["curve"])  # best so far never falls
     assert rows[0]["first_reaching_target"] is not None  # the peer reaches its own best
+    assert 0 <= rows[0]["best_last_epoch"] <= rows[0]["best_value"] + 1e-9  # its score is its trials' best epoch
+    for r in rows[1:]:  # this project's profile: every phase, the rest, and a wall as long as the trials
+        profile = r["profile"]
+        assert {"build", "features", "warmup", "finetune", "evaluate", "rest of each trial"} <= set(profile)
+        assert profile["wall"] > 0 and profile["finetune"] > 0 and profile["between trials"] >= -0.01
     for r in rows[:2]:
         assert r["retrained"]["seeds"] == 1 and 0 <= r["retrained"]["test_mean"] <= 1
         assert r["retrained"]["gap"] == pytest.approx(r["best_value"] - r["retrained"]["val_mean"])
     text = report.read_text()
     assert "| KerasTuner Hyperband |" in text and report.with_suffix(".png").stat().st_size > 0
+    assert "| finetune |" in text  # the profile table
 
 
 def test_time_to_target_and_retrain_gap_on_a_hand_made_run():

@@ -3,6 +3,7 @@ and that a resume never queues again. Built-in data, tiny_cnn."""
 
 import optuna
 import pytest
+import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna_dashboard import get_note
 
@@ -98,15 +99,25 @@ params:
     assert "warm_start" not in study.trials[2].user_attrs and len(study.user_attrs["warm_start"]) == 2
 
 
-def test_the_portfolio_is_a_space_whose_queue_a_new_study_takes():
+def test_the_portfolio_is_a_space_whose_queue_a_new_study_takes(tmp_path, monkeypatch):
+    # a portfolio with known entries: spaces/portfolio.yaml's own are re-measured by `make bench-portfolio`
+    real = load_space(warm_start.PORTFOLIO).raw  # the real file is a valid space
+    entries = [{"backbone": "mobilenet_v2@0.35", "image_size": 224, "freeze": "top_blocks", "unfreeze_blocks": 6,
+                "optimizer": "adamw", "learning_rate": 3.7e-4, "dropout": 0.22, "augment": "mirror"},
+               {"backbone": "mobilenet_v2@0.35", "image_size": 224, "freeze": "full", "optimizer": "adamw",
+                "learning_rate": 1.65e-4, "dropout": 0.28}]
+    fixed = tmp_path / "portfolio.yaml"
+    fixed.write_text(yaml.safe_dump({**real, "enqueue": entries}))
+    monkeypatch.setattr(warm_start, "PORTFOLIO", fixed)
     space = _space("ws_pf", {"from": "portfolio", "top_k": 2}, freeze={"choices": ["frozen", "top_blocks", "full"]},
                    unfreeze_blocks={"low": 1, "high": 4}, optimizer={"choices": ["adam", "adamw"]},
                    learning_rate={"low": 1e-4, "high": 1e-2, "log": True})
     queued = plan(space, log=lambda _: None)
-    portfolio = load_space(warm_start.PORTFOLIO).enqueue
     assert len(queued) == 2 and [q["trial"] for q in queued] == ["entry 1", "entry 2"]
-    assert queued[0]["params"] == {"freeze": portfolio[0]["freeze"], "unfreeze_blocks": 4,  # 6 blocks, clipped
-                                   "optimizer": portfolio[0]["optimizer"], "learning_rate": portfolio[0]["learning_rate"]}
+    # only what this space samples (not backbone, size, dropout, augment), clipped into its ranges
+    assert queued[0]["params"] == {"freeze": "top_blocks", "unfreeze_blocks": 4, "optimizer": "adamw",
+                                   "learning_rate": 3.7e-4}
+    assert queued[1]["params"] == {"freeze": "full", "optimizer": "adamw", "learning_rate": 1.65e-4}
 
 
 @pytest.mark.parametrize("warm, message", [

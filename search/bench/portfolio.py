@@ -103,6 +103,8 @@ def data_sets(data: str, sizes: tuple[int, int], held_out: int) -> tuple[dict[st
 
 def measure(sets: dict[str, str], weights: str, epochs: int, name: str, candidates=CANDIDATES, log=print) -> dict:
     """{data set: [validation accuracy of each candidate]}: one study per data set, the candidates queued."""
+    import optuna
+
     from search.space import load_space, parse_space
     from search.study.run import run_study
 
@@ -113,11 +115,24 @@ def measure(sets: dict[str, str], weights: str, epochs: int, name: str, candidat
                                   "study.validation={folds: 1}", f"study.name={name}-measure-{i}"])
         space = parse_space({**base.raw, "enqueue": list(candidates)}, f"{SPACE} (candidates)")
         started = time.perf_counter()
-        study = run_study(space, n_trials=len(candidates), timeout=None, reporters=())
+        # a rerun resumes: only the candidates an interrupted run did not finish are trained
+        left = len(candidates) - len(finished(space.study.name, space.study.storage_url))
+        study = run_study(space, n_trials=left, timeout=None, reporters=()) if left > 0 else \
+            optuna.load_study(study_name=space.study.name, storage=space.study.storage_url)
         values = [t.value if t.value is not None else float("nan") for t in study.trials[:len(candidates)]]
         table[label] = values
         log(f"{label}: {', '.join(f'{v:.3f}' for v in values)} ({time.perf_counter() - started:.0f} s)")
     return table
+
+
+def finished(name: str, url: str) -> list:
+    import optuna
+
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:  # no such study yet
+        return []
+    return [t for t in study.trials if t.state.is_finished()]
 
 
 def greedy_portfolio(table: dict[str, list[float]], size: int) -> list[int]:

@@ -66,8 +66,9 @@ def candidates_from(source: optuna.Study, top_k: int) -> list[dict]:
              "config": TrialRecord.of(t).config} for t in done[:top_k]]
 
 
-def portfolio_candidates(path: Path = PORTFOLIO) -> list[dict]:
+def portfolio_candidates(path: Path | None = None) -> list[dict]:
     """The `enqueue:` list of spaces/portfolio.yaml (itself a space, so its entries are validated alike)."""
+    path = path or PORTFOLIO
     if not path.is_file():
         raise UserError(f"study.warm_start.from: portfolio: {str(path)!r} not found")
     return [{"source": "portfolio", "trial": f"entry {i + 1}", "value": None, "params": dict(entry), "config": None}
