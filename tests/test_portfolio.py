@@ -17,6 +17,8 @@ def test_the_greedy_portfolio_adds_what_raises_the_mean_best_most():
     assert portfolio.greedy_portfolio(table, 5) == [0, 1, 2]  # no more than there are
     table["a"][0] = float("nan")  # a candidate that failed on a set counts as nothing there
     assert portfolio.greedy_portfolio(table, 1) == [2]
+    saturated = {"a": [1.0, 0.9, 0.95], "b": [1.0, 0.8, 0.99]}  # 0 is best everywhere: then the best mean, 2
+    assert portfolio.greedy_portfolio(saturated, 3) == [0, 2, 1]
 
 
 def test_data_sets_split_the_classes_and_link_images_under_studies(tmp_path, studies_home):

@@ -28,10 +28,11 @@ def study_with_two_kinds():
     return study
 
 
-def space(freeze_choices):
+def space(freeze_choices, per_kind=True):
     overrides = [f"freeze={{choices: [{', '.join(freeze_choices)}]}}"] if len(freeze_choices) > 1 \
         else [f"freeze={freeze_choices[0]}"]
-    return load_space("spaces/peer.yaml", [*overrides, "study.pruner={type: median, n_startup_trials: 2}"])
+    pruner = f"study.pruner={{type: median, n_startup_trials: 2, per_kind: {str(per_kind).lower()}}}"
+    return load_space("spaces/peer.yaml", [*overrides, pruner])
 
 
 def test_a_dipping_fine_tune_trial_is_judged_by_fine_tune_trials_not_by_frozen_ones():
@@ -48,6 +49,7 @@ def test_a_dipping_fine_tune_trial_is_judged_by_fine_tune_trials_not_by_frozen_o
     assert grouped.prune(study, frozen)  # a frozen trial still meets the frozen median (0.84)
 
 
-def test_a_space_with_one_kind_keeps_optunas_pruner_as_it_is():
+def test_without_per_kind_or_with_one_kind_optunas_pruner_is_used_as_it_is():
+    assert isinstance(make_pruner(space(["frozen", "top_layers"], per_kind=False)), optuna.pruners.MedianPruner)
     assert isinstance(make_pruner(space(["top_layers", "full"])), optuna.pruners.MedianPruner)
     assert isinstance(make_pruner(space(["frozen"])), optuna.pruners.MedianPruner)

@@ -8,7 +8,8 @@ portfolio never saw.
    class) gives one data set the portfolio never sees. The built-in task (builtin:shapes) is a third seen data
    set, unlike any photo.
 2. Every candidate (CANDIDATES) trains once on every seen data set: one study per data set with the candidates
-   queued, spaces/portfolio.yaml's fixed params, no pruning. Its validation accuracy fills a table.
+   queued, spaces/portfolio.yaml's fixed params, no pruning, a 60/25/15 split (MEASURE_SPLIT). Its validation
+   accuracy fills a table.
 3. The portfolio is chosen greedily (Feurer et al. 2018's portfolio building, "zero-shot AutoML"): start empty;
    add the candidate that most raises the mean over data sets of the best accuracy the portfolio holds there;
    stop at `--size` entries. The list, best first, is written to studies/bench/portfolio.yaml, to paste into
@@ -34,6 +35,7 @@ from search.errors import UserError
 
 SPACE = Path(__file__).resolve().parents[2] / "spaces" / "portfolio.yaml"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+MEASURE_SPLIT = (0.60, 0.25, 0.15)  # a larger validation part than a study's: 40 images a class would validate on 12
 
 # What the portfolio is chosen from: the winners of this project's documented tf_flowers runs (224 px), the peer
 # bench's region at 128 px, and a spread of strategies, sizes and backbones a practitioner would try first.
@@ -111,6 +113,7 @@ def measure(sets: dict[str, str], weights: str, epochs: int, name: str, candidat
     table = {}
     for i, (label, spec) in enumerate(sets.items()):
         base = load_space(SPACE, [f"dataset={spec}", f"weights={weights}", f"finetune_epochs={epochs}",
+                                  f"split={list(MEASURE_SPLIT)}",
                                   "early_stopping_patience=0", "study.pruner={type: none}",
                                   "study.validation={folds: 1}", f"study.name={name}-measure-{i}"])
         space = parse_space({**base.raw, "enqueue": list(candidates)}, f"{SPACE} (candidates)")
@@ -136,17 +139,21 @@ def finished(name: str, url: str) -> list:
 
 
 def greedy_portfolio(table: dict[str, list[float]], size: int) -> list[int]:
-    """Indices of the chosen candidates, in the order they were added (each adds the most to the mean best)."""
+    """Indices of the chosen candidates, in the order they were added: each adds the most to the mean best; where
+    none adds anything (the best is already held everywhere), the one with the best mean accuracy of its own."""
     n = len(next(iter(table.values())))
     chosen: list[int] = []
+    score = lambda values, j: values[j] if values[j] == values[j] else 0.0  # noqa: E731 (a failed run: NaN)
 
     def mean_best(members):
-        return sum(max((values[j] for j in members if values[j] == values[j]), default=0.0)
-                   for values in table.values()) / len(table)
+        return sum(max((score(values, j) for j in members), default=0.0) for values in table.values()) / len(table)
+
+    def mean_own(j):
+        return sum(score(values, j) for values in table.values()) / len(table)
 
     while len(chosen) < min(size, n):
         rest = [j for j in range(n) if j not in chosen]
-        chosen.append(max(rest, key=lambda j: (mean_best(chosen + [j]), -j)))
+        chosen.append(max(rest, key=lambda j: (round(mean_best(chosen + [j]), 9), mean_own(j), -j)))
     return chosen
 
 
@@ -194,14 +201,13 @@ def run(data: str, weights: str, stage: str = "all", sizes=(50, 150), held_out_s
     folder.mkdir(parents=True, exist_ok=True)
     measured = folder / f"{name}-measured.json"
     if stage in ("measure", "all"):
-        table = measure(sets, weights, epochs, name, log=log)
-        order = greedy_portfolio(table, size)
-        measured.write_text(json.dumps({"table": table, "order": order}, indent=1))
-        (folder / f"{name}.yaml").write_text(yaml.safe_dump({"enqueue": [CANDIDATES[j] for j in order]},
-                                                             sort_keys=False, width=120))
+        measured.write_text(json.dumps({"table": measure(sets, weights, epochs, name, log=log)}, indent=1))
     elif not measured.is_file():
         raise UserError(f"--stage compare: {str(measured)!r} not found; run --stage measure first")
     saved = json.loads(measured.read_text())
+    saved["order"] = greedy_portfolio(saved["table"], size)
+    (folder / f"{name}.yaml").write_text(yaml.safe_dump({"enqueue": [CANDIDATES[j] for j in saved["order"]]},
+                                                        sort_keys=False, width=120))
     rows = []
     if stage in ("compare", "all"):
         rows = [warm_or_cold(held_out, weights, warm, seed, budget_s, f"{name}-{'warm' if warm else 'cold'}-s{seed}")

@@ -39,8 +39,8 @@ def condition(param: str):
 
 SAMPLERS = {"tpe": {"n_startup_trials": int, "multivariate": bool}, "random": {}}
 PRUNERS = {
-    "median": {"n_startup_trials": int, "n_warmup_steps": int},
-    "successive_halving": {"min_resource": int, "reduction_factor": int},
+    "median": {"n_startup_trials": int, "n_warmup_steps": int, "per_kind": bool},  # per_kind: study/pruning.py
+    "successive_halving": {"min_resource": int, "reduction_factor": int, "per_kind": bool},
     "hyperband": {"min_resource": int, "reduction_factor": int},
     "threshold": {"lower": (int, float), "n_warmup_steps": int},  # Optuna's ThresholdPruner, see MULTI_PRUNERS
     "none": {},

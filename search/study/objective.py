@@ -166,17 +166,17 @@ class Objective:
     def _loses_race(self, trial: optuna.Trial, step: int, mean: float) -> bool:
         """The median rule on the running mean itself. Optuna's median pruner judges a trial by its best value
         over all its steps, and fold 1's epoch peaks would then shield a trial whose later folds fail: compare
-        the mean after this fold with the completed trials' (of the same kind) means after the same fold. Other
-        pruners decide as they do for epochs."""
+        the mean after this fold with the completed trials' (of its kind, with per_kind) means after the same
+        fold. Other pruners decide as they do for epochs."""
         pruner = self.space.study.pruner
         if pruner["type"] != "median":
             return trial.should_prune()
         if step < pruner.get("n_warmup_steps", 0):
             return False
         fixed = self.space.fixed("freeze")
-        mine = trial_kind(trial.params, fixed)  # its own kind only, as search/study/pruning.py does for epochs
+        mine = trial_kind(trial.params, fixed)  # per_kind: its own kind only, as search/study/pruning.py does
         completed = [t for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                     if trial_kind(t.params, fixed) == mine]
+                     if not pruner.get("per_kind") or trial_kind(t.params, fixed) == mine]
         at_step = [t.intermediate_values[step] for t in completed if step in t.intermediate_values]
         if len(completed) < pruner.get("n_startup_trials", 5) or not at_step:
             return False

@@ -40,27 +40,30 @@ def make_sampler(space: Space, seed: int | None = None, parallel: bool = False) 
 
 
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
-    """The space's pruner; median and successive halving judge each trial against its own kind only (frozen or
-    fine-tuning) when the space samples both (search/study/pruning.py says why)."""
+    """The space's pruner; with `per_kind: true`, median and successive halving judge each trial against its own
+    kind only, frozen or fine-tuning, where the space samples both (search/study/pruning.py says why)."""
     options = dict(space.study.pruner)
     kind = options.pop("type", "median")
+    if not options.pop("per_kind", False):
+        return _optuna_pruner(space, kind, options)
+    pruner = _optuna_pruner(space, kind, options)
+    fixed = space.fixed("freeze")
+    if len({trial_kind({"freeze": f}, fixed) for f in space.values("freeze")}) < 2:
+        return pruner  # one kind only: nothing to separate
+    return SameKindPruner(pruner, lambda params: trial_kind(params, fixed))
+
+
+def _optuna_pruner(space: Space, kind: str, options: dict) -> optuna.pruners.BasePruner:
     if kind == "median":
-        return same_kind(space, optuna.pruners.MedianPruner(**options))
+        return optuna.pruners.MedianPruner(**options)
     if kind == "successive_halving":
-        return same_kind(space, optuna.pruners.SuccessiveHalvingPruner(**options))
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
     if kind == "hyperband":  # its brackets rebuild the study from storage: no view of it can filter trials
         epochs = [w + f for w in space.values("warmup_epochs") for f in space.values("finetune_epochs")]
         return optuna.pruners.HyperbandPruner(max_resource=max(epochs), **options)
     if kind == "threshold" and not space.study.cost:  # multi-objective: search.study.objective.AccuracyFloor instead
         return optuna.pruners.ThresholdPruner(**options)
     return optuna.pruners.NopPruner()
-
-
-def same_kind(space: Space, pruner: optuna.pruners.BasePruner) -> optuna.pruners.BasePruner:
-    fixed = space.fixed("freeze")
-    if len({trial_kind({"freeze": f}, fixed) for f in space.values("freeze")}) < 2:
-        return pruner  # one kind only: nothing to separate
-    return SameKindPruner(pruner, lambda params: trial_kind(params, fixed))
 
 
 def directions(space: Space) -> list[str]:
