@@ -87,3 +87,55 @@ def test_bad_folders_are_user_errors(tmp_path, layout, message):
 def test_unknown_builtin_dataset():
     with pytest.raises(UserError, match="unknown built-in dataset 'flowers'; valid: shapes-source, shapes"):
         load_images("builtin:flowers", 32)
+
+
+def test_exif_orientation_is_applied_as_a_viewer_shows_the_photo(tmp_path):
+    """A phone stores a portrait shot sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view)."""
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = (255, 0, 0)  # left half of the stored pixels red, right half blue
+    stored[:, 32:] = (0, 0, 255)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            Image.fromarray(stored).save(tmp_path / name / f"{i}.jpg", quality=95, exif=exif)
+    images, _, _ = load_images(str(tmp_path), 16)
+    top, bottom = images[0, :4].reshape(-1, 3).mean(0), images[0, -4:].reshape(-1, 3).mean(0)
+    assert top[0] > 200 and top[2] < 60  # the stored left (red) is the viewed top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def write_csv(tmp_path, rows, header="path,label"):
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return str(path)
+
+
+def test_a_csv_of_path_and_label_loads_like_a_folder(tmp_path):
+    folder = make_folder(tmp_path / "d", per_class=4, classes=("a", "b", "c"))  # the CSV names the labels
+    rows = [f"{p.relative_to(tmp_path).as_posix()},{'cat' if p.parent.name == 'a' else 'dog'}"
+            for p in sorted(folder.rglob("*.jpg"))]
+    images, labels, classes = load_images(write_csv(tmp_path, rows), 16)
+    assert classes == ("cat", "dog") and images.shape == (12, 16, 16, 3)
+    assert list(labels).count(0) == 4 and list(labels).count(1) == 8
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["d/a/0.jpg"], "line 2: expected path,label"),
+    (["d/a/0.jpg,cat", "d/a/missing.jpg,dog"], "line 3: image '.*missing.jpg' not found"),
+    (["d/a/0.jpg,cat", "d/a/1.jpg,cat"], "has 1 class label"),
+])
+def test_a_bad_csv_is_a_one_line_error_naming_the_line(tmp_path, rows, message):
+    make_folder(tmp_path / "d", per_class=4, classes=("a", "b", "c"))
+    with pytest.raises(UserError, match=message):
+        load_images(write_csv(tmp_path, rows), 16)
+    with pytest.raises(UserError, match="does not exist"):
+        load_images(str(tmp_path / "nowhere.csv"), 16)
+
+
+def test_a_pre_split_folder_is_refused_never_read_as_classes_named_train_and_test(tmp_path):
+    for part in ("train", "test"):
+        make_folder(tmp_path / "d" / part, per_class=3, classes=("a", "b"))
+    with pytest.raises(UserError, match="holds test/, train/ parts, each with class folders"):
+        load_images(str(tmp_path / "d"), 16)

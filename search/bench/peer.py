@@ -7,7 +7,7 @@ One command, one machine, one after the other, the same split and the same time 
   2. This project on the same question (spaces/peer.yaml): cached warm-up, fine-tuning, pruning.
   3. This project with the feature cache off: what the cache alone buys.
 Each run's best validation accuracy against wall time goes into one plot; the report gives the time each
-first reached the peer's final best, and the trial counts. Then each tool's winner is retrained `seeds`
+first reached the peer's final best, the trial counts, and where this project's time went (study_profile). Then each tool's winner is retrained `seeds`
 times on the training split (validated, tested once): test accuracy mean ± std, and the gap between its
 search validation and its retrained validation (a winner that does not reproduce shows a large gap).
 

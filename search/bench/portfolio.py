@@ -95,9 +95,10 @@ def data_sets(data: str, sizes: tuple[int, int], held_out: int) -> tuple[dict[st
     """({name: dataset spec} the portfolio is measured on, the held-out dataset)."""
     classes = class_folders(data)
     seen, held = classes[:len(classes) // 2 + len(classes) % 2], classes[len(classes) // 2 + len(classes) % 2:]
-    sets = {f"seen {len(seen)} classes x {n}": subset(seen, n, f"seen-{n}") for n in sizes}
+    source = Path(data).resolve().name  # another DATA never shares these folders
+    sets = {f"seen {len(seen)} classes x {n}": subset(seen, n, f"{source}-seen-{n}") for n in sizes}
     sets["builtin:shapes"] = "builtin:shapes"
-    return sets, subset(held, held_out, f"held-out-{held_out}")
+    return sets, subset(held, held_out, f"{source}-held-out-{held_out}")
 
 
 # --------------------------------------------------------------------------------------------- measure

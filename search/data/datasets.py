@@ -4,6 +4,8 @@ A dataset spec is one string:
   builtin:shapes | builtin:shapes-source   the offline tasks of search/data/builtin.py
   tfds:<name>                              a TensorFlow Datasets name (needs the network or a TFDS cache)
   <folder>                                 one sub-folder per class, images inside (Keras/Kaggle layout)
+  <file>.csv                               rows of path,label after a header row (Kaggle's layout); a
+                                           relative path is relative to the CSV's folder
 Images are decoded and resized once per (spec, image size) and kept in memory as uint8; every trial of
 the process reuses them. The split is stratified and depends only on the split fractions and split seed,
 so the test part is the same in every trial, in export and in retraining, and a study never sees it.
@@ -72,6 +74,8 @@ def load_images(spec: str, image_size: int) -> tuple[np.ndarray, np.ndarray, tup
             images = _resize_all(images, image_size)
     elif spec.startswith("tfds:"):
         images, labels, classes = _load_tfds(spec.split(":", 1)[1], image_size)
+    elif spec.lower().endswith(".csv"):
+        images, labels, classes = _load_csv(Path(spec), image_size)
     else:
         images, labels, classes = _load_folder(Path(spec), image_size)
     return images, labels.astype(np.int32), tuple(classes)
@@ -91,10 +95,11 @@ def _resize_all(images: np.ndarray, size: int) -> np.ndarray:
 
 def _read_image(path: Path, size: int) -> np.ndarray | None:
     """One image as uint8 RGB at size x size, or None if the file is not a readable image."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)  # a phone photo's EXIF orientation: upright, as a viewer shows it
             im = im.convert("RGB")  # grayscale, RGBA, CMYK, palette, 16-bit all become 8-bit RGB
             return np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError):
@@ -107,6 +112,11 @@ def _load_folder(root: Path, size: int):
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if len(classes) < 2:
         raise UserError(f"dataset folder {str(root)!r} has {len(classes)} class sub-folder(s); need at least 2")
+    parts = {"train", "val", "validation", "test"}
+    if set(classes) <= parts and any(p.is_dir() for c in classes for p in (root / c).iterdir()):
+        # never read train/ and test/ as two classes: that would train on a meaningless task
+        raise UserError(f"dataset folder {str(root)!r} holds {'/, '.join(classes)}/ parts, each with class folders: "
+                        f"a pre-split folder is not read yet; merge the parts into one folder per class")
     files, labels = [], []
     for label, name in enumerate(classes):
         found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -114,6 +124,35 @@ def _load_folder(root: Path, size: int):
             raise UserError(f"class folder {str(root / name)!r} has no images")
         files += found
         labels += [label] * len(found)
+    return _decode(files, labels, classes, size)
+
+
+def _load_csv(path: Path, size: int):
+    """A header row, then path,label rows (further columns ignored); classes are the labels, sorted."""
+    import csv
+
+    if not path.is_file():
+        raise UserError(f"dataset CSV {str(path)!r} does not exist (expected a header, then path,label rows)")
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for line, row in enumerate(csv.reader(f), start=1):
+            if line == 1 or not any(cell.strip() for cell in row):
+                continue  # the header; blank lines
+            if len(row) < 2 or not row[0].strip() or not row[1].strip():
+                raise UserError(f"{path}: line {line}: expected path,label, got {','.join(row)!r}")
+            image = Path(row[0].strip())
+            image = image if image.is_absolute() else path.parent / image
+            if not image.is_file():
+                raise UserError(f"{path}: line {line}: image {str(image)!r} not found")
+            rows.append((image, row[1].strip()))
+    classes = sorted({label for _, label in rows})
+    if len(classes) < 2:
+        raise UserError(f"dataset CSV {str(path)!r} has {len(classes)} class label(s); need at least 2")
+    index = {name: i for i, name in enumerate(classes)}
+    return _decode([p for p, _ in rows], [index[label] for _, label in rows], classes, size)
+
+
+def _decode(files: list[Path], labels: list[int], classes: list[str], size: int):
     with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
         decoded = list(pool.map(lambda p: _read_image(p, size), files))
     bad = [str(f) for f, im in zip(files, decoded) if im is None]
