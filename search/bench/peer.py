@@ -44,7 +44,25 @@ class Run:
     best_last_epoch: float | None = None  # the peer: the best value a trial ended with (its score is its best epoch)
 
     def first_reaching(self, target: float) -> float | None:
-        return next((t for t, v in self.curve if v >= target - 1e-9), None)
+        return first_reaching(self.curve, target)
+
+
+def first_reaching(curve: list, target: float) -> float | None:
+    """The first time a best-so-far curve [(seconds, value)] reaches `target`, or None."""
+    return next((t for t, v in curve if v >= target - 1e-9), None)
+
+
+def best_so_far(study) -> list:
+    """[(seconds since the first trial started, best completed value so far)], one point per completed trial."""
+    import optuna
+
+    start = min(t.datetime_start for t in study.trials).timestamp()
+    curve, best = [], -1.0
+    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
+                    key=lambda t: t.datetime_complete):
+        best = max(best, t.value)
+        curve.append((t.datetime_complete.timestamp() - start, best))
+    return curve
 
 
 # -------------------------------------------------------------------------------------------- the peer
@@ -153,8 +171,6 @@ def _retrained(search_value: float, vals: list[float], tests: list[float]) -> di
 
 
 def run_ours(label: str, name: str, overrides: list[str], budget_s: float, cache_mode: str, log=print) -> Run:
-    import optuna
-
     from search.space import load_space
     from search.study.run import run_study
     from search.training import cache
@@ -162,16 +178,11 @@ def run_ours(label: str, name: str, overrides: list[str], budget_s: float, cache
     space = load_space(SPACE, [*overrides, f"study.name={name}"]).with_study(timeout=budget_s)
     with cache.using(cache_mode):
         study = run_study(space, n_trials=100_000, timeout=budget_s, reporters=())
-    start = min(t.datetime_start for t in study.trials).timestamp()
-    run, best = Run(label, trials=len(study.trials)), -1.0
-    for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                    key=lambda t: t.datetime_complete):
-        best = max(best, t.value)
-        run.curve.append((t.datetime_complete.timestamp() - start, best))
+    run = Run(label, curve=best_so_far(study), trials=len(study.trials))
     if not run.curve:
         raise UserError(f"{label}: no trial completed within {budget_s:.0f}s")
-    run.best_value, run.winner, run.profile = best, {"study": name}, study_profile(study.trials)
-    log(f"{label}: {run.trials} trial(s), best val_accuracy {best:.4f}")
+    run.best_value, run.winner, run.profile = run.curve[-1][1], {"study": name}, study_profile(study.trials)
+    log(f"{label}: {run.trials} trial(s), best val_accuracy {run.best_value:.4f}")
     return run
 
 

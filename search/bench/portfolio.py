@@ -29,12 +29,13 @@ from pathlib import Path
 
 import yaml
 
+from search.bench.peer import best_so_far, first_reaching
 from search.config import studies_dir
+from search.data.datasets import IMAGE_SUFFIXES
 from search.data.folds import mean_std
 from search.errors import UserError
 
 SPACE = Path(__file__).resolve().parents[2] / "spaces" / "portfolio.yaml"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 MEASURE_SPLIT = (0.60, 0.25, 0.15)  # a larger validation part than a study's: 40 images a class would validate on 12
 
 # What the portfolio is chosen from: the winners of this project's documented tf_flowers runs (224 px), the peer
@@ -94,7 +95,8 @@ def subset(classes: list[Path], per_class: int, name: str) -> str:
 def data_sets(data: str, sizes: tuple[int, int], held_out: int) -> tuple[dict[str, str], str]:
     """({name: dataset spec} the portfolio is measured on, the held-out dataset)."""
     classes = class_folders(data)
-    seen, held = classes[:len(classes) // 2 + len(classes) % 2], classes[len(classes) // 2 + len(classes) % 2:]
+    half = (len(classes) + 1) // 2
+    seen, held = classes[:half], classes[half:]
     source = Path(data).resolve().name  # another DATA never shares these folders
     sets = {f"seen {len(seen)} classes x {n}": subset(seen, n, f"{source}-seen-{n}") for n in sizes}
     sets["builtin:shapes"] = "builtin:shapes"
@@ -162,8 +164,6 @@ def greedy_portfolio(table: dict[str, list[float]], size: int) -> list[int]:
 
 
 def warm_or_cold(held_out: str, weights: str, warm: bool, seed: int, budget_s: float, name: str) -> dict:
-    import optuna
-
     from search.space import load_space, parse_space
     from search.study.run import run_study
 
@@ -173,19 +173,9 @@ def warm_or_cold(held_out: str, weights: str, warm: bool, seed: int, budget_s: f
     raw["study"]["warm_start"] = {"from": "portfolio", "top_k": 4} if warm else None
     space = parse_space(raw, f"{SPACE} ({'warm' if warm else 'cold'})").with_study(timeout=budget_s)
     study = run_study(space, n_trials=100_000, timeout=budget_s, reporters=())
-    done = sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
-                  key=lambda t: t.datetime_complete)
-    start = min(t.datetime_start for t in study.trials).timestamp()
-    curve, best = [], -1.0
-    for t in done:
-        best = max(best, t.value)
-        curve.append((round(t.datetime_complete.timestamp() - start, 1), best))
+    curve = [(round(t, 1), v) for t, v in best_so_far(study)]
     return {"study": name, "warm": warm, "seed": seed, "trials": len(study.trials), "curve": curve,
-            "best": best if curve else None}
-
-
-def first_reaching(curve: list, target: float) -> float | None:
-    return next((t for t, v in curve if v >= target - 1e-9), None)
+            "best": curve[-1][1] if curve else None}
 
 
 # --------------------------------------------------------------------------------------------- the run

@@ -44,12 +44,11 @@ def make_pruner(space: Space) -> optuna.pruners.BasePruner:
     kind only, frozen or fine-tuning, where the space samples both (search/study/pruning.py says why)."""
     options = dict(space.study.pruner)
     kind = options.pop("type", "median")
-    if not options.pop("per_kind", False):
-        return _optuna_pruner(space, kind, options)
+    per_kind = options.pop("per_kind", False)
     pruner = _optuna_pruner(space, kind, options)
     fixed = space.fixed("freeze")
-    if len({trial_kind({"freeze": f}, fixed) for f in space.values("freeze")}) < 2:
-        return pruner  # one kind only: nothing to separate
+    if not per_kind or len({trial_kind({"freeze": f}, fixed) for f in space.values("freeze")}) < 2:
+        return pruner  # not asked for, or one kind only: nothing to separate
     return SameKindPruner(pruner, lambda params: trial_kind(params, fixed))
 
 
