@@ -43,15 +43,21 @@ class TrialConfig:
     optimizer: str = "adam"  # sgd | adam | adamw | rmsprop
     learning_rate: float = 1e-3
     momentum: float = 0.9  # sgd only
-    weight_decay: float = 1e-4  # adamw only
+    weight_decay: float = 0.0  # decoupled weight decay, every optimizer (Keras': w -= lr * weight_decay * w); 0 off
     lr_schedule: str = "constant"  # a search.models.schedules entry: constant | cosine (decay to 0 at the end)
     lr_warmup_epochs: int = 0  # cosine only: epochs of linear warm-up from 0 before the decay
+    layer_decay: float = 1.0  # backbone trains: head at lr, top block lr * layer_decay, the next lr * layer_decay**2...
+    l2sp: float = 0.0  # a backbone that trains only: L2-SP, l2sp / 2 * |w - w_pretrained|^2 added to the loss; 0 off
     early_stopping_patience: int = 3  # phase 2, on validation accuracy; 0 disables
     # --- everything else ---
     batch_size: int = 32
     label_smoothing: float = 0.0
-    augment: str = "none"  # none | mirror (train split + its mirror images: cacheable) | light | strong
-    #                        (light, strong: Keras preprocessing layers, random each epoch: no feature cache)
+    augment: str = "none"  # a search.models.augment AUGMENTATIONS entry: none | mirror (train split + its mirror
+    #                        images: cacheable) | light | strong | randaugment | augmix | erasing (random: no cache)
+    randaugment_ops: int = 2  # randaugment only: operations per image
+    randaugment_magnitude: float = 0.5  # randaugment only: Keras' factor, 0-1
+    mix: str = "none"  # a search.models.augment MIXES entry: none | mixup | cutmix | feature_mixup (cacheable)
+    mix_alpha: float = 0.2  # mixup, cutmix, feature_mixup: the mixing weight is Beta(mix_alpha, mix_alpha)
     seed: int = 0  # seeds Python, NumPy and TensorFlow for this trial
 
     @property

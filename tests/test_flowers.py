@@ -56,7 +56,7 @@ def test_flowers_pipeline_in_miniature(tmp_path):
         for photo in sorted(folder.iterdir())[:30]:
             (data / folder.name / photo.name).symlink_to(photo)
     report = run(str(data), str(WEIGHTS.parent), budget_s=600, seeds=1, name="mini", baseline_size=96,
-                 max_trials=2)
+                 max_trials=2, ablate=False)
     text = report.read_text()
     for row in ("| search winner |", "| seeds: frozen + Adam |", "| seeds: two-phase, top 56 layers |"):
         assert row in text

@@ -21,6 +21,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-params", type=int, metavar="N",
                         help="search only backbones of at most N parameters and export the best trial whose whole "
                              "model fits (default: no limit)")
+    parser.add_argument("--no-ablation", action="store_true",
+                        help="skip retraining the winner with each fine-tuning knob turned back "
+                             "(search.bench.flowers.PLAIN)")
     parser.add_argument("--name", help="study name (default flowers-<date-time>, a new study each run)")
 
 
@@ -40,7 +43,8 @@ def run(args) -> int:
     print(f"device: {configure_devices()}", flush=True)
     folds = args.folds if args.folds == "auto" else _whole(args.folds)
     report = bench(args.data, args.weights, args.budget, args.seeds, name, args.baseline_size,
-                   max_params=args.max_params, folds=folds, fit=args.fit)
+                   max_params=args.max_params, folds=folds, fit=args.fit,
+                   ablate=not args.no_ablation)
     print(report.read_text())
     print(f"report: {report}")
     return 0

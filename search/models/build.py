@@ -10,7 +10,7 @@ from keras import layers
 
 from search.config import TrialConfig
 from search.models.augment import get_augmentation
-from search.models.backbones import BackboneInfo, backbone_layers, build_backbone, get_backbone
+from search.models.backbones import BackboneInfo, backbone_layers, block_starts, build_backbone, get_backbone
 from search.models.freezing import get_strategy
 from search.models.preprocess import Preprocess
 
@@ -22,7 +22,7 @@ def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
     backbone.trainable = False  # phase 1 trains the head only
     inputs = keras.Input((cfg.image_size, cfg.image_size, 3), name="image")
     x = inputs
-    for layer in get_augmentation(cfg.augment).layers(cfg.seed):
+    for layer in get_augmentation(cfg.augment).layers(cfg):
         x = layer(x)
     x = Preprocess(info.preprocess, name="preprocess")(x)
     x = backbone(x, training=None if cfg.train_bn else False)
@@ -55,6 +55,51 @@ def apply_freezing(model: keras.Model, cfg: TrialConfig) -> None:
     for i, layer in enumerate(backbone_layers(backbone)):
         is_bn = isinstance(layer, layers.BatchNormalization)
         layer.trainable = i >= start and (cfg.train_bn or not is_bn)
+
+
+def layer_rates(model: keras.Model, cfg: TrialConfig) -> dict[str, float]:
+    """Layer-wise learning-rate decay for phase 2 (`layer_decay`; AutoGluon, timm's --layer-decay): the variable
+    path of each trainable backbone weight -> its learning-rate multiplier, layer_decay ** depth, where the top
+    block has depth 1, the one below it 2, and the stem one more than the lowest block. The head is not listed:
+    it learns at the full rate. Empty when layer_decay is 1 (every rate the same). Call after apply_freezing."""
+    if cfg.layer_decay == 1.0:
+        return {}
+    backbone = get_backbone_model(model)
+    starts = block_starts(get_backbone(cfg.backbone), backbone)
+    rates = {}
+    for i, layer in enumerate(backbone_layers(backbone)):
+        depth = 1 + sum(1 for s in starts if s > i)
+        for variable in layer.trainable_weights:
+            rates[variable.path] = cfg.layer_decay ** depth
+    return rates
+
+
+class PullToStart(keras.regularizers.Regularizer):
+    """L2-SP (Li et al. 2018): strength / 2 * |w - w_start|^2, w_start the weight's value when it was attached."""
+
+    def __init__(self, strength: float, start):
+        self.strength, self.start = strength, keras.ops.convert_to_tensor(start)
+
+    def __call__(self, weight):
+        return 0.5 * self.strength * keras.ops.sum(keras.ops.square(weight - self.start))
+
+
+def pull_to_start(model: keras.Model, strength: float) -> list:
+    """Attach L2-SP to every trainable backbone weight (the pretrained values: call after apply_freezing, before
+    fit); Keras adds a variable's regularizer to the loss of any network that trains it, cached sub-models
+    included. Returns the variables, for release()."""
+    if strength == 0:
+        return []
+    variables = get_backbone_model(model).trainable_weights
+    for variable in variables:
+        variable.regularizer = PullToStart(strength, keras.ops.convert_to_numpy(variable))
+    return variables
+
+
+def release(variables: list) -> None:
+    """Remove what pull_to_start attached: the returned model carries no training penalty."""
+    for variable in variables:
+        variable.regularizer = None
 
 
 def count_params(model: keras.Model) -> tuple[int, int]:

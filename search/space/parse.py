@@ -270,7 +270,9 @@ def _check_consistency(params: dict[str, Param], fail) -> None:
               "finetune_epochs": (0, None), "head_layers": (0, None), "head_units": (1, None),
               "early_stopping_patience": (0, None), "dropout": (0, 0.99), "label_smoothing": (0, 0.99),
               "learning_rate": (1e-12, None), "warmup_learning_rate": (1e-12, None),
-              "momentum": (0, 0.999), "weight_decay": (0, None), "alpha": (0.01, None), "lr_warmup_epochs": (0, None)}
+              "momentum": (0, 0.999), "weight_decay": (0, None), "alpha": (0.01, None), "lr_warmup_epochs": (0, None),
+              "layer_decay": (0.01, 1.0), "l2sp": (0, None), "mix_alpha": (0.01, None), "randaugment_ops": (1, 10),
+              "randaugment_magnitude": (0, 1)}
     for name, (lo, hi) in bounds.items():
         for v in get(name):
             if v < lo or (hi is not None and v > hi):

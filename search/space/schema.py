@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from search.config import DEFAULTS, TrialConfig, default_storage_url
-from search.models.augment import AUGMENTATIONS
+from search.models.augment import AUGMENTATIONS, MIXES
 from search.models.backbones import BACKBONES
 from search.models.freezing import FREEZING
 from search.models.optimizers import OPTIMIZERS
@@ -18,11 +18,15 @@ from search.models.schedules import SCHEDULES
 
 # a param whose values are a registry's names; read live, so a new entry needs no edit here
 CHOICES = {"backbone": BACKBONES, "optimizer": OPTIMIZERS, "freeze": FREEZING, "augment": AUGMENTATIONS,
-           "lr_schedule": SCHEDULES}
-_OWN_PARAMS = {"freeze": FREEZING, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES}  # entries that name the params only they sample
+           "lr_schedule": SCHEDULES, "mix": MIXES}
+# registries whose entries name the params only they sample
+_OWN_PARAMS = {"freeze": FREEZING, "optimizer": OPTIMIZERS, "lr_schedule": SCHEDULES, "augment": AUGMENTATIONS,
+               "mix": MIXES}
+_trains_backbone = ("freeze", lambda v: FREEZING[v].trains_backbone)
 _FIXED_CONDITIONS = {"alpha": ("backbone", lambda v: BACKBONES[v].has_alpha),
                      "head_units": ("head_layers", lambda v: v > 0),
-                     "head_batchnorm": ("head_layers", lambda v: v > 0)}
+                     "head_batchnorm": ("head_layers", lambda v: v > 0),
+                     "layer_decay": _trains_backbone, "l2sp": _trains_backbone}
 
 
 def condition(param: str):

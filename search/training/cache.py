@@ -1,7 +1,8 @@
 """Compute the frozen part once: what it outputs for every image of a split, kept for later epochs and trials.
 
 The rule, decided per trial by `plan_trial` and applied by search.training.train:
-  - augmentation on (augment light|strong): no cache for the whole trial. Random views differ every
+  - a random augmentation (augment light|strong|randaugment|...) or image mixing (mix mixup|cutmix): no cache
+    for the whole trial. Random views differ every
     epoch, so no stored tensor is exact; we never mix cached and augmented epochs.
   - phase 1 (backbone frozen) and phase 2 of `frozen` trials: the head trains on pooled features.
   - phase 2 of top_blocks / top_layers: the top part trains on the backbone's tensor at the cut, if the
@@ -37,7 +38,7 @@ from search.config import TrialConfig, studies_dir
 from search.errors import UserError
 from search.files import atomic_path
 from search.memo import ArrayMemo
-from search.models.augment import get_augmentation
+from search.models.augment import get_augmentation, get_mix
 from search.models.backbones import backbone_layers, get_backbone
 from search.models.build import get_backbone_model, trainable_range_start
 from search.models.freezing import get_strategy
@@ -114,6 +115,8 @@ def _plan(cfg: TrialConfig, model: keras.Model, n_images: int) -> Plan:
         return Plan("images", "images", note="feature cache off")
     if not get_augmentation(cfg.augment).cacheable:
         return Plan("images", "images", note=f"augment={cfg.augment}: random views every epoch, no cache")
+    if not get_mix(cfg.mix).cacheable:
+        return Plan("images", "images", note=f"mix={cfg.mix}: mixed images every epoch, no cache")
     if not standard_layout(model):
         return Plan("images", "images", note="model is not image -> preprocess -> backbone -> pool -> head")
     backbone = get_backbone_model(model)

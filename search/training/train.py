@@ -28,9 +28,9 @@ import tensorflow as tf
 from search.config import TrialConfig
 from search.data.datasets import Split, with_mirrors
 from search.errors import TrialError
-from search.models.augment import get_augmentation
-from search.models.build import apply_freezing, build_model, count_params
-from search.models.optimizers import make_optimizer, warmup_optimizer
+from search.models.augment import get_augmentation, get_mix
+from search.models.build import apply_freezing, build_model, count_params, layer_rates, pull_to_start, release
+from search.models.optimizers import make_optimizer, unrated, warmup_optimizer
 from search.training import cache, cut
 from search.training.metrics import classification_metrics
 
@@ -147,21 +147,26 @@ class Validation(keras.callbacks.Callback):
 
 
 def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int,
-                  first_epoch: int):
+                  first_epoch: int, mix: str = "none", mix_alpha: float = 0.2):
     """Endless (inputs, one-hot) batches, epoch after epoch from `first_epoch`; each epoch is a permutation
-    that depends only on (seed, epoch). Fit with steps_per_epoch=ceil(n / batch_size)."""
+    that depends only on (seed, epoch). Fit with steps_per_epoch=ceil(n / batch_size). `mix` (a
+    search.models.augment MIXES entry) mixes each batch and its labels, keyed by (seed, epoch, batch)."""
 
     n = len(labels)
     inputs, labels = tf.constant(inputs), tf.constant(labels)
+    mixing = get_mix(mix).apply
 
     def epoch(e):
         keys = tf.random.stateless_uniform([n], seed=tf.stack([tf.constant(seed, tf.int64), e]))
-        return tf.data.Dataset.from_tensor_slices(tf.argsort(keys)).batch(batch_size)
+        order = tf.data.Dataset.from_tensor_slices(tf.argsort(keys)).batch(batch_size)
+        return order.enumerate().map(lambda b, i: (i, tf.stack([tf.constant(seed, tf.int64), e * 100_003 + b])))
+
+    def batch(i, key):
+        x, y = tf.cast(tf.gather(inputs, i), tf.float32), tf.one_hot(tf.gather(labels, i), num_classes)
+        return (x, y) if mixing is None else mixing(x, y, mix_alpha, key)
 
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
-    ds = ds.map(lambda i: (tf.cast(tf.gather(inputs, i), tf.float32),
-                           tf.one_hot(tf.gather(labels, i), num_classes)), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return ds.map(batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
 class _Phase:
@@ -264,7 +269,8 @@ def train(
                                               eval_split.labels, n_classes, cfg.label_smoothing)
 
         def fit(phase: _Phase, start: int, stop: int, extra: list) -> None:
-            batches = epoch_batches(phase.train_x, train_split.labels, n_classes, cfg.batch_size, cfg.seed, start)
+            batches = epoch_batches(phase.train_x, train_split.labels, n_classes, cfg.batch_size, cfg.seed, start,
+                                    cfg.mix, cfg.mix_alpha)
             extra = [phase.validation, *extra] if phase.validation else extra
             phase.net.fit(batches, steps_per_epoch=steps, initial_epoch=start, epochs=stop, callbacks=extra,
                           verbose=0, shuffle=False)
@@ -281,15 +287,20 @@ def train(
             with timed(clock, "finetune"):
                 apply_freezing(model, cfg)
                 last = phase2
-                phase2.compile(make_optimizer(cfg, steps), cfg, steps)
+                phase2.compile(make_optimizer(cfg, steps, layer_rates(model, cfg)), cfg, steps)
+                pulled = pull_to_start(model, cfg.l2sp)  # L2-SP: a penalty in this phase's loss
                 extra = [EpochRecorder(curve, 2), *callbacks]
                 if cfg.early_stopping_patience > 0:
                     extra.append(keras.callbacks.EarlyStopping(
                         monitor="val_accuracy", mode="max", patience=cfg.early_stopping_patience,
                         restore_best_weights=True))
-                fit(phase2, cfg.warmup_epochs, cfg.total_epochs, extra)
-        if last.net is not model:  # leave the full model compiled as the uncached path does
-            _compile(model, last.net.optimizer, cfg)
+                try:
+                    fit(phase2, cfg.warmup_epochs, cfg.total_epochs, extra)
+                finally:
+                    release(pulled)
+        # leave the full model compiled as the uncached path does, with an optimizer load_model knows
+        if last.net is not model or unrated(last.net.optimizer) is not last.net.optimizer:
+            _compile(model, unrated(last.net.optimizer), cfg)
     except Exception as exc:
         if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors.ResourceExhaustedError: OOM
             raise TrialError(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
