@@ -30,6 +30,7 @@ def test_each_value_trains_the_same_configuration_with_only_the_knob_changed(mon
     assert (a.freeze, a.unfreeze_layers, a.image_size, a.finetune_epochs) == ("top_layers", 4, 32, 1)
     rows = json.loads(report.with_suffix(".json").read_text())
     assert [len(v) for v in rows["table"]["0"]] == [1, 1] and all(0 <= v[0] <= 1 for v in rows["table"]["0"])
+    assert all(v[0] > 0 for v in rows["seconds"]["0"])  # each training's time, for what a knob costs
     assert "| lr_schedule=constant | lr_schedule=cosine |" in report.read_text().replace("configuration | ", "")
 
 
@@ -38,6 +39,8 @@ def test_each_value_trains_the_same_configuration_with_only_the_knob_changed(mon
     ("default", "dropout", ["0.1", "high"], ["{freeze: frozen}"], "--values 'high': dropout takes a float"),
     ("default", "dropout", ["0.1", "0.2"], ["{freez: frozen}"], "--config: 'freez' is not a TrialConfig field"),
     ("peer", "dropout", ["0.1", "0.2"], [], "give --config"),  # no --config, and a space without enqueue:
+    ("default", "lr_schedule", ["constant", "step"], ["{freeze: frozen}"], "lr_schedule.*valid: constant, cosine"),
+    ("default", "layer_decay", ["1.0", "1.5"], ["{freeze: top_blocks}"], "params.layer_decay: 1.5 is out of bounds"),
 ])
 def test_bad_input_is_a_one_line_error(space, knob_name, values, configs, message):
     assert not load_space("spaces/peer.yaml").enqueue

@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from search.config import FIELD_TYPES, TrialConfig, studies_dir
@@ -63,7 +64,10 @@ def run(space_path: str, overrides: list[str], knob: str, values: list[str], see
     if unknown:
         raise UserError(f"--config: {unknown[0]!r} is not a TrialConfig field")
     parsed = [parse_value(knob, v) for v in values]
+    for text in values:  # each value through the space's own checks (bounds, registries, conditions)
+        load_space(space_path, [*overrides, f"{knob}={text}"])
     table: dict[str, list[list[float]]] = {}  # config index -> per value -> accuracies over seeds
+    seconds: dict[str, list[list[float]]] = {}  # the same, each training's seconds
     started = time.perf_counter()
     for value in parsed:
         for seed in range(seeds):
@@ -72,12 +76,14 @@ def run(space_path: str, overrides: list[str], knob: str, values: list[str], see
                 result = train(cfg, data.train, data.val, data.class_names)
                 keras.backend.clear_session()
                 table.setdefault(str(i), [[] for _ in parsed])[parsed.index(value)].append(result.metrics["accuracy"])
+                seconds.setdefault(str(i), [[] for _ in parsed])[parsed.index(value)].append(result.seconds_total)
                 log(f"config {i + 1} {knob}={value} seed {seed}: {result.metrics['accuracy']:.4f}")
     folder = studies_dir() / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"knob-{knob}.md"
     lines = [f"# {knob}: {' vs '.join(map(str, parsed))}", "",
              f"Space `{space_path}` {' '.join(overrides)}; {seeds} seed(s); validation accuracy mean ± std "
+             f"(difference to the first value in points), then seconds per training "
              f"({time.perf_counter() - started:.0f} s in all).", "",
              "| configuration | " + " | ".join(f"{knob}={v}" for v in parsed) + " |",
              "|---|" + "---|" * len(parsed)]
@@ -86,9 +92,10 @@ def run(space_path: str, overrides: list[str], knob: str, values: list[str], see
         for j, accs in enumerate(table[str(i)]):
             mean, std = mean_std(accs)
             base = mean_std(table[str(i)][0])[0]
-            cells.append(f"{mean:.4f} ± {std:.4f}" + (f" ({100 * (mean - base):+.1f})" if j else ""))
+            cells.append(f"{mean:.4f} ± {std:.4f}" + (f" ({100 * (mean - base):+.1f})" if j else "")
+                         + f", {np.mean(seconds[str(i)][j]):.1f} s")
         lines.append(f"| {', '.join(f'{k}={v}' for k, v in entry.items())} | " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
     path.with_suffix(".json").write_text(json.dumps({"knob": knob, "values": parsed, "table": table,
-                                                     "configs": entries}, indent=1, default=str))
+                                                     "seconds": seconds, "configs": entries}, indent=1, default=str))
     return path

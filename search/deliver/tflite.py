@@ -128,13 +128,14 @@ def inference_model(model):
 
     They are identities at inference, but Keras 3 still traces their random ops into the SavedModel, and
     StatelessRandomUniformV2 / ImageProjectiveTransformV3 are not builtin TFLite ops, so a model trained
-    with `augment: light|strong` would not convert. search.models.build builds a chain (input, augmentation,
+    with `augment: light|strong|randaugment|...` would not convert. search.models.build builds a chain (input, augmentation,
     preprocess, backbone, pooling, head), so the remaining layers are called in order, in inference mode,
     and the result is checked against the model on two random images.
     """
     import keras
 
-    random = tuple(getattr(keras.layers, n) for n in dir(keras.layers) if n.startswith("Random"))
+    random = tuple(getattr(keras.layers, n) for n in dir(keras.layers)
+                   if n.startswith("Random") or n in ("RandAugment", "AugMix"))  # search.models.augment's
     if not any(isinstance(layer, random) for layer in model.layers):
         return model
     x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)

@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 from tqdm import tqdm
 
-from search.data.datasets import load_images, load_search_data, split_indices
+from search.data.datasets import dataset_split, load_images, load_search_data
 from search.data.folds import FOLDS_ATTR, choose_folds, study_folds
 from search.errors import TrialError, UserError
 from search.models.backbones import build_backbone, get_backbone
@@ -130,8 +130,9 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
 def resolve_folds(space: Space) -> int:
     """K for a new study, from study.validation.folds and the data (search/data/folds.py)."""
 
-    _, labels, classes = load_images(space.fixed("dataset"), space.values("image_size")[0])
-    train, val, _ = split_indices(labels, space.fixed("split"), space.fixed("split_seed"))
+    dataset, size = space.fixed("dataset"), space.values("image_size")[0]
+    labels, classes = load_images(dataset, size)[1:3]
+    train, val, _ = dataset_split(dataset, size, space.fixed("split"), space.fixed("split_seed"))
     counts = np.bincount(labels[np.concatenate([train, val])], minlength=len(classes))
     return choose_folds(space.study.validation["folds"], len(val), dict(zip(classes, counts.tolist())))
 
@@ -186,7 +187,8 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: st
         score = f"value={value} best={best}"
     # only what is sampled prints (a fixed param is not in trial.params)
     keys = ("backbone", "image_size", "freeze", "unfreeze_layers", "unfreeze_blocks", "optimizer", "learning_rate",
-            "dropout", "label_smoothing", "augment", "head_layers", "head_units")
+            "lr_schedule", "layer_decay", "weight_decay", "l2sp", "dropout", "label_smoothing", "augment", "mix",
+            "mix_alpha", "head_layers", "head_units")
     params = " ".join(f"{k}={_fmt(trial.params[k])}" for k in keys if k in trial.params)
     ended = TrialRecord.of(trial).ended or ""
     note = f" ({ended})" if trial.state != optuna.trial.TrialState.COMPLETE and ended else ""
