@@ -207,6 +207,36 @@ def test_disk_mode_persists_features_for_another_process(data, studies_home):
     assert second.metrics == first.metrics
 
 
+def test_auto_keeps_small_arrays_in_memory_and_maps_large_ones_from_a_bounded_folder(monkeypatch, studies_home):
+    monkeypatch.setattr(cache, "AUTO_DISK_BYTES", 2**20)  # 1 MiB: the test's "large"
+    folder = studies_home / "_cache" / "features"
+    with cache.using("auto"):
+        store = cache.FeatureStore()
+        small = store.put("auto-small", np.ones(1000, "float32"))
+        assert not isinstance(small, np.memmap) and not (folder / "auto-small.npy").exists()
+        large = store.put("auto-large", np.full(2**19, 3.0, "float32"))  # 2 MiB
+        assert isinstance(large, np.memmap) and (folder / "auto-large.npy").is_file() and large[0] == 3.0
+        assert store.nbytes == small.nbytes  # a map costs the page cache, not the in-memory budget
+        fresh = cache.FeatureStore()  # another process
+        assert isinstance(fresh.get("auto-large"), np.memmap) and fresh.stats["disk_hits"] == 1
+    monkeypatch.setattr(cache, "_override", cache.Settings("auto", 2**30, disk_bytes=5 * 2**20))
+    store = cache.FeatureStore()
+    for name in ("t1", "t2", "t3"):  # 2 MiB each into a 5 MiB folder: the least recently used go first
+        store.put(f"auto-{name}", np.zeros(2**19, "float32"))
+    assert {f.stem for f in folder.glob("*.npy")} == {"auto-t2", "auto-t3"}
+
+
+def test_memory_mode_trains_on_images_when_the_cut_exceeds_the_budget_and_auto_does_not():
+    from search.models.build import build_model
+
+    cfg = dataclasses.replace(BASE, freeze="top_blocks", unfreeze_blocks=1)
+    model = build_model(cfg, 5)
+    with cache.using("memory", max_mb=0):
+        assert cache.plan_trial(cfg, model, 10_000).phase2 == "images"
+    with cache.using("auto", max_mb=0):
+        assert cache.plan_trial(cfg, model, 10_000).phase2 == "cut"
+
+
 # ------------------------------------------------------------------------------------------------ plan
 
 
@@ -303,7 +333,7 @@ def test_bad_cache_setting_is_a_user_error(monkeypatch):
     from search.errors import UserError
 
     monkeypatch.setenv("TRANSFER_SEARCH_FEATURE_CACHE", "ram")
-    with pytest.raises(UserError, match="TRANSFER_SEARCH_FEATURE_CACHE='ram'; valid: memory, disk, off"):
+    with pytest.raises(UserError, match="TRANSFER_SEARCH_FEATURE_CACHE='ram'; valid: auto, memory, disk, off"):
         cache.settings()
 
 

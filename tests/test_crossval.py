@@ -57,7 +57,7 @@ def _rows(images: np.ndarray) -> set:
 
 
 def test_folds_are_stratified_disjoint_and_exclude_the_test_part():
-    images, labels, classes = load_images("builtin:shapes", 32)
+    images, labels, classes = load_images("builtin:shapes", 32)[:3]
     _, _, test = split_indices(labels, SPLIT, 0)
     pool = load_pool("builtin:shapes", 32, SPLIT, 0)
     assert len(pool) + len(test) == len(labels)
@@ -161,7 +161,7 @@ def test_export_carries_the_folds_and_retrain_refits_on_all_non_test_images(race
     monkeypatch.setattr(search.training.train, "train", spy_train)
     monkeypatch.setattr(search.training.train, "predict_labels", spy_predict)
     run = retrain(best_yaml)
-    images, labels, _ = load_images("builtin:shapes", 32)
+    images, labels = load_images("builtin:shapes", 32)[:2]
     _, _, test = split_indices(labels, SPLIT, 0)
     pool = load_pool("builtin:shapes", 32, SPLIT, 0)
     assert [e[0] for e in events] == ["train", "predict"]

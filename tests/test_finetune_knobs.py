@@ -230,3 +230,27 @@ def test_the_flowers_ablation_turns_back_each_knob_that_is_not_plain_one_at_a_ti
                                  "winner, layer_decay=1.0 (was 0.8)": "layer_decay=1.0"}
     assert ablations(TrialConfig().to_dict()) == {}  # the defaults are the plain values: they cost nothing
     assert all(TrialConfig().to_dict()[k] == v for k, v in PLAIN.items())
+
+
+def test_large_inputs_stream_from_the_array_in_the_very_same_batches(monkeypatch):
+    from search.training import train as train_module
+
+    data = load_search_data(TOP_BLOCKS.dataset, TOP_BLOCKS.image_size, TOP_BLOCKS.split, TOP_BLOCKS.split_seed)
+    args = (data.train.images, data.train.labels, 5, 32, 3, 0, "cutmix", 1.0)
+    constant = [b for _, b in zip(range(4), epoch_batches(*args))]
+    monkeypatch.setattr(train_module, "STREAM_BYTES", 0)  # every input streams
+    streamed = [b for _, b in zip(range(4), train_module.epoch_batches(*args))]
+    for (x1, y1), (x2, y2) in zip(constant, streamed):
+        np.testing.assert_array_equal(x1.numpy(), x2.numpy())
+        np.testing.assert_array_equal(y1.numpy(), y2.numpy())
+
+
+@pytest.mark.parametrize("name", ["randaugment", "augmix", "erasing"])
+def test_tflite_export_leaves_the_new_random_layers_out(name):
+    from search.deliver.tflite import inference_model
+
+    model = build_model(TrialConfig(augment=name), 5)
+    stripped = inference_model(model)  # checks its own predictions against the model's
+    assert stripped is not model
+    kinds = {type(layer).__name__ for layer in stripped.layers}
+    assert not kinds & {"RandAugment", "AugMix", "RandomErasing", "RandomFlip"}

@@ -247,6 +247,19 @@ def test_a_killed_worker_loses_only_its_trial(kind, warm, tmp_path, request):
     assert [t.value for t in resumed[:-1]] == [t.value for t in trials]
 
 
+def test_recycled_workers_run_each_batch_of_trials_in_a_fresh_process(warm, tmp_path):
+    """`workers --recycle K`: a worker process ends after K trials and a fresh one takes the queue's rest
+    (flat memory over long studies); the total is still exact, and the feature cache goes to disk."""
+    space = write(tmp_path / "s.yaml", SPACE.format(name="recycled", n_trials=3))
+    url = f"sqlite:///{tmp_path}/recycled.db"
+    proc = _cli("workers", "-n", "1", "--recycle", "1", "--space", str(space), "--storage", url, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    trials = _load("recycled", url).trials
+    assert len(trials) == 3 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert len({t.user_attrs["worker"] for t in trials}) == 3  # host:pid, one process per trial
+    assert proc.stdout.count("done: 1 trial(s)") == 3
+
+
 # --------------------------------------------------------------------- refusals, recovery, interrupt, copy
 
 

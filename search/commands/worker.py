@@ -49,6 +49,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--worker-index", type=int, help="distinct per worker: its sampler seed derives "
                                                          "from the study seed and this (default: from host and pid)")
     parser.add_argument("--threads", type=int, help="TensorFlow CPU threads (default: all cores)")
+    parser.add_argument("--max-trials", type=int, metavar="K",
+                        help="stop after K trials (`workers --recycle K` starts a fresh process for the rest)")
     parser.add_argument("--no-prepare", action="store_true", help=argparse.SUPPRESS)  # the launcher did it
 
 
@@ -58,6 +60,8 @@ def run(args) -> int:
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.max_trials is not None and args.max_trials < 1:
+        raise UserError(f"--max-trials must be at least 1, got {args.max_trials}")
     from search.study.workers import limit_threads
 
     if args.threads:
@@ -97,6 +101,8 @@ def run(args) -> int:
     def line(study, trial):
         done.append(trial.number)
         print_trial(study, trial, prefix=f"{me} ")
+        if args.max_trials and len(done) >= args.max_trials:
+            study.stop()  # this process is done; a recycling launcher starts a fresh one for the queue's rest
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
     work(study, Objective(space, [reporter], deadline), heartbeat, timeout=args.timeout,

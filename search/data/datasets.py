@@ -3,12 +3,16 @@
 A dataset spec is one string:
   builtin:shapes | builtin:shapes-source   the offline tasks of search/data/builtin.py
   tfds:<name>                              a TensorFlow Datasets name (needs the network or a TFDS cache)
-  <folder>                                 one sub-folder per class, images inside (Keras/Kaggle layout)
+  <folder>                                 one sub-folder per class, images inside (Keras/Kaggle layout); or
+                                           train/, val/ (or validation/) and test/ parts, each with the same
+                                           class sub-folders: the given split is used as is (a missing val/
+                                           or test/ part is cut from train/ by the split fractions)
   <file>.csv                               rows of path,label after a header row (Kaggle's layout); a
                                            relative path is relative to the CSV's folder
-Images are decoded and resized once per (spec, image size) and kept in memory as uint8; every trial of
-the process reuses them. The split is stratified and depends only on the split fractions and split seed,
-so the test part is the same in every trial, in export and in retraining, and a study never sees it.
+Folder, CSV and TFDS images are decoded and resized once per (data set content, image size) into a memory-mapped
+uint8 file that every later process maps (search/data/image_store.py); built-in tasks are generated in memory.
+The split is stratified and depends only on the split fractions and split seed (or is the folder's own), so
+the test part is the same in every trial, in export and in retraining, and a study never sees it.
 
 TensorFlow (and TFDS, PIL) are imported inside the functions that need them: export fingerprints data
 without starting TensorFlow.
@@ -24,10 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from search.data import builtin
+from search.data.image_store import Decoded, file_facts, stored
 from search.errors import UserError
 from search.memo import ArrayMemo
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+PART_FOLDERS = {"train": 0, "val": 1, "validation": 1, "test": 2}  # a pre-split folder's parts
 
 
 @dataclass(frozen=True)
@@ -66,19 +72,18 @@ class SearchData:
 
 
 @functools.lru_cache(maxsize=4)
-def load_images(spec: str, image_size: int) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    """All images of a dataset at one size, decoded once per process: (uint8 images, labels, classes)."""
+def load_images(spec: str, image_size: int) -> Decoded:
+    """All images of a dataset at one size, decoded once: (uint8 images, labels, classes, given parts or None)."""
     if spec.startswith("builtin:"):
         images, labels, classes = _load_builtin(spec.split(":", 1)[1])
         if images.shape[1] != image_size:
             images = _resize_all(images, image_size)
-    elif spec.startswith("tfds:"):
-        images, labels, classes = _load_tfds(spec.split(":", 1)[1], image_size)
-    elif spec.lower().endswith(".csv"):
-        images, labels, classes = _load_csv(Path(spec), image_size)
-    else:
-        images, labels, classes = _load_folder(Path(spec), image_size)
-    return images, labels.astype(np.int32), tuple(classes)
+        return Decoded(images, labels.astype(np.int32), tuple(classes), None)
+    if spec.startswith("tfds:"):
+        return _load_tfds(spec.split(":", 1)[1], image_size)
+    if spec.lower().endswith(".csv"):
+        return _load_csv(Path(spec), image_size)
+    return _load_folder(Path(spec), image_size)
 
 
 def _load_builtin(name: str):
@@ -106,25 +111,58 @@ def _read_image(path: Path, size: int) -> np.ndarray | None:
         return None
 
 
-def _load_folder(root: Path, size: int):
+def _class_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _load_folder(root: Path, size: int) -> Decoded:
     if not root.is_dir():
         raise UserError(f"dataset folder {str(root)!r} does not exist (expected one sub-folder per class)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = _class_folders(root)
+    if set(classes) <= set(PART_FOLDERS) and any(p.is_dir() for c in classes for p in (root / c).iterdir()):
+        return _load_parts(root, classes, size)  # never read train/ and test/ as two classes
     if len(classes) < 2:
         raise UserError(f"dataset folder {str(root)!r} has {len(classes)} class sub-folder(s); need at least 2")
-    parts = {"train", "val", "validation", "test"}
-    if set(classes) <= parts and any(p.is_dir() for c in classes for p in (root / c).iterdir()):
-        # never read train/ and test/ as two classes: that would train on a meaningless task
-        raise UserError(f"dataset folder {str(root)!r} holds {'/, '.join(classes)}/ parts, each with class folders: "
-                        f"a pre-split folder is not read yet; merge the parts into one folder per class")
+    files, labels = _class_files(root, classes)
+    return _decode(files, labels, [0] * len(files), classes, size, str(root), has_parts=False)
+
+
+def _class_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     files, labels = [], []
     for label, name in enumerate(classes):
+        if not (root / name).is_dir():
+            raise UserError(f"class folder {str(root / name)!r} is missing")
         found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise UserError(f"class folder {str(root / name)!r} has no images")
         files += found
         labels += [label] * len(found)
-    return _decode(files, labels, classes, size)
+    return files, labels
+
+
+def _load_parts(root: Path, parts: list[str], size: int) -> Decoded:
+    """A pre-split folder: train/, val/ or validation/, test/, each holding the same class folders."""
+    if "val" in parts and "validation" in parts:
+        raise UserError(f"dataset folder {str(root)!r} has both val/ and validation/: keep one")
+    if "train" not in parts:
+        raise UserError(f"dataset folder {str(root)!r} has {'/, '.join(parts)}/ parts but no train/")
+    classes = _class_folders(root / "train")
+    if len(classes) < 2:
+        raise UserError(f"class folders of {str(root / 'train')!r}: {len(classes)}; need at least 2")
+    for part in parts:
+        theirs = _class_folders(root / part)
+        if theirs != classes:
+            odd = sorted(set(theirs) ^ set(classes))[0]
+            where = "only in" if odd in theirs else "missing from"
+            raise UserError(f"dataset folder {str(root)!r}: class {odd!r} is {where} {part}/; every part needs the "
+                            f"same class folders as train/ ({', '.join(classes)})")
+    files, labels, given = [], [], []
+    for part in sorted(parts, key=PART_FOLDERS.get):
+        found, found_labels = _class_files(root / part, classes)
+        files += found
+        labels += found_labels
+        given += [PART_FOLDERS[part]] * len(found)
+    return _decode(files, labels, given, classes, size, str(root), has_parts=True)
 
 
 def _load_csv(path: Path, size: int):
@@ -149,18 +187,24 @@ def _load_csv(path: Path, size: int):
     if len(classes) < 2:
         raise UserError(f"dataset CSV {str(path)!r} has {len(classes)} class label(s); need at least 2")
     index = {name: i for i, name in enumerate(classes)}
-    return _decode([p for p, _ in rows], [index[label] for _, label in rows], classes, size)
+    files = [p for p, _ in rows]
+    return _decode(files, [index[label] for _, label in rows], [0] * len(files), classes, size, str(path),
+                   has_parts=False)
 
 
-def _decode(files: list[Path], labels: list[int], classes: list[str], size: int):
-    with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL
-        decoded = list(pool.map(lambda p: _read_image(p, size), files))
-    bad = [str(f) for f, im in zip(files, decoded) if im is None]
-    if bad:  # skip unreadable files, say so once, keep going: one broken JPEG must not stop a study
-        print(f"warning: skipped {len(bad)} unreadable image(s), first: {bad[0]}", flush=True)
-    keep = [i for i, im in enumerate(decoded) if im is not None]
-    images = np.stack([decoded[i] for i in keep])
-    return images, np.asarray([labels[i] for i in keep]), classes
+def _decode(files: list[Path], labels: list[int], parts: list[int], classes: list[str], size: int, what: str,
+            has_parts: bool) -> Decoded:
+    """Decode the files once into the on-disk store (search/data/image_store.py), or map them from it."""
+
+    def rows():
+        with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL; a chunk at a time in memory
+            for start in range(0, len(files), 256):
+                chunk = files[start:start + 256]
+                for i, image in enumerate(pool.map(lambda p: _read_image(p, size), chunk), start):
+                    yield image, labels[i], parts[i], str(files[i])
+
+    identity = ["files", file_facts(files), labels, parts if has_parts else None]
+    return stored(identity, len(files), size, classes, rows, what, has_parts)
 
 
 def _load_tfds(name: str, size: int):
@@ -178,12 +222,32 @@ def _load_tfds(name: str, size: int):
     import tensorflow as tf
 
     ds = ds.map(lambda x, y: (tf.cast(tf.image.resize(x, (size, size)), tf.uint8), y))
-    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in ds))
-    return np.stack(images), np.asarray(labels), list(info.features["label"].names)
+
+    def rows():  # streamed into the store, one image at a time: never the whole set in a Python list
+        for i, (x, y) in enumerate(ds.as_numpy_iterator()):
+            yield x, int(y), 0, f"{name} #{i}"
+
+    return stored(["tfds", name, str(info.version)], info.splits["train"].num_examples, size,
+                  info.features["label"].names, rows, f"tfds:{name}")
 
 
-def split_indices(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Stratified train/val/test indices; every class gets at least one image in every part."""
+def split_indices(labels: np.ndarray, fractions, seed: int, parts: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stratified train/val/test indices; every class gets at least one image in every part. `parts` (a
+    pre-split folder's, search.data.image_store.Decoded): the given parts as they are; a part the folder does
+    not have is cut from its train part, by the fractions."""
+    if parts is None:
+        return _stratified(labels, fractions, seed)
+    given = [np.flatnonzero(parts == p) for p in (0, 1, 2)]
+    missing = [len(g) == 0 for g in given]
+    if missing[1] or missing[2]:
+        carve = [fractions[0], fractions[1] if missing[1] else 0.0, fractions[2] if missing[2] else 0.0]
+        cut = _stratified(labels[given[0]], [f / sum(carve) for f in carve], seed)
+        given = [given[0][cut[0]]] + [given[0][cut[p]] if missing[p] else given[p] for p in (1, 2)]
+    return tuple(given)  # type: ignore[return-value]
+
+
+def _stratified(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     parts: tuple[list, list, list] = ([], [], [])
     for label in np.unique(labels):
@@ -191,7 +255,7 @@ def split_indices(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray,
         n_val = int(round(len(idx) * fractions[1]))
         n_test = int(round(len(idx) * fractions[2]))
         n_train = len(idx) - n_val - n_test
-        if min(n_train, n_val, n_test) < 1:
+        if min(n for n, f in zip((n_train, n_val, n_test), fractions) if f > 0) < 1:
             raise UserError(
                 f"class {int(label)} has {len(idx)} image(s): too few for the split {list(fractions)} "
                 f"(every class needs at least one image in train, validation and test)")
@@ -201,9 +265,15 @@ def split_indices(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray,
     return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
 
 
+def dataset_split(spec: str, image_size: int, fractions, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The data set's train/val/test indices: its own split where it comes split, else split_indices'."""
+    decoded = load_images(spec, image_size)
+    return split_indices(decoded.labels, fractions, seed, decoded.parts)
+
+
 def load_split(spec: str, image_size: int, fractions, seed: int, part: str) -> Split:
-    images, labels, _ = load_images(spec, image_size)
-    idx = dict(zip(("train", "val", "test"), split_indices(labels, fractions, seed)))[part]
+    images, labels = load_images(spec, image_size)[:2]
+    idx = dict(zip(("train", "val", "test"), dataset_split(spec, image_size, fractions, seed)))[part]
     return Split(images[idx], labels[idx])
 
 
@@ -248,8 +318,8 @@ def mirror_images(images: np.ndarray) -> np.ndarray:
 def load_pool(spec: str, image_size: int, fractions: tuple, seed: int) -> Split:
     """Every non-test image (train + validation of the split) as one array, in index order: what
     cross-validation folds and the final refit use. The test part is the same as load_split's."""
-    images, labels, _ = load_images(spec, image_size)
-    train, val, _ = split_indices(labels, fractions, seed)
+    images, labels = load_images(spec, image_size)[:2]
+    train, val, _ = dataset_split(spec, image_size, fractions, seed)
     idx = np.sort(np.concatenate([train, val]))
     return Split(images[idx], labels[idx])
 

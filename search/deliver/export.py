@@ -23,7 +23,7 @@ import optuna
 import yaml
 
 from search.config import TrialConfig, studies_dir
-from search.data.datasets import load_images, split_indices
+from search.data.datasets import dataset_split, load_images
 from search.errors import UserError
 from search.models import tiny_cnn
 from search.space import parse_space, sample
@@ -61,8 +61,8 @@ def dataset_fingerprint(cfg: TrialConfig) -> dict:
     Hashing the decoded images (not file names) catches a replaced or re-encoded file as well as an
     added, removed or renamed one, for folders, built-in tasks and TFDS alike.
     """
-    images, labels, classes = load_images(cfg.dataset, cfg.image_size)
-    parts = dict(zip(PARTS, split_indices(labels, cfg.split, cfg.split_seed)))
+    images, labels, classes = load_images(cfg.dataset, cfg.image_size)[:3]
+    parts = dict(zip(PARTS, dataset_split(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)))
     return {
         "class_names": list(classes),
         "counts": {p: int(len(idx)) for p, idx in parts.items()},
@@ -186,13 +186,13 @@ def config_document(study: optuna.Study, trial: optuna.trial.FrozenTrial, rank: 
 
 def _check_trial_data(cfg: TrialConfig, trial: optuna.trial.FrozenTrial) -> None:
     """The dataset must still be the one the trial validated on: same classes, same validation counts."""
-    images, labels, classes = load_images(cfg.dataset, cfg.image_size)
+    labels, classes = load_images(cfg.dataset, cfg.image_size)[1:3]
     stored = list((TrialRecord.of(trial).val_per_class_f1 or {}).keys())
     if stored and stored != list(classes):
         raise UserError(f"dataset {cfg.dataset!r} no longer has trial {trial.number}'s classes "
                         f"({', '.join(stored)}); it has {', '.join(classes)}")
     matrix = TrialRecord.of(trial).val_confusion_matrix
-    train, val, _ = split_indices(labels, cfg.split, cfg.split_seed)
+    train, val, _ = dataset_split(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
     if TrialRecord.of(trial).cv_folds:  # out-of-fold predictions: every non-test image once
         val = np.concatenate([train, val])
     if matrix and [sum(row) for row in matrix] != np.bincount(labels[val], minlength=len(classes)).tolist():

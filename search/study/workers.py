@@ -162,10 +162,12 @@ def gpu_ids() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def launch(commands: list[list[str]], envs: list[dict]) -> tuple[list[int], bool]:
+def launch(commands: list[list[str]], envs: list[dict], restart=lambda i: False) -> tuple[list[int], bool]:
     """Start the processes in sessions of their own, forward SIGINT/SIGTERM to them (once: a terminal's
-    Ctrl-C reaches only this process), wait for all; (exit codes, whether we were interrupted)."""
-    procs = [subprocess.Popen(cmd, env=env, start_new_session=True) for cmd, env in zip(commands, envs)]
+    Ctrl-C reaches only this process), wait for all; (exit codes, whether we were interrupted). A process
+    that exits with status 0 is started again, same command, while `restart(its index)` says so."""
+    start = lambda i: subprocess.Popen(commands[i], env=envs[i], start_new_session=True)  # noqa: E731
+    procs = [start(i) for i in range(len(commands))]
     interrupted = False
 
     def forward(signum, _frame):
@@ -177,7 +179,16 @@ def launch(commands: list[list[str]], envs: list[dict]) -> tuple[list[int], bool
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while any(p.poll() is None for p in procs):  # poll, not wait(): a dead child is reaped at once
+        settled: set[int] = set()  # processes that ended for good
+        while True:  # poll, not wait(): a dead child is reaped at once
+            for i, p in enumerate(procs):
+                if p.poll() is not None and i not in settled:
+                    if p.returncode == 0 and not interrupted and restart(i):
+                        procs[i] = start(i)
+                    else:
+                        settled.add(i)
+            if len(settled) == len(procs):
+                break
             time.sleep(0.2)
     finally:
         for s, handler in previous.items():

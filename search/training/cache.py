@@ -14,10 +14,13 @@ Keys are content hashes of everything the tensors depend on: the frozen layers' 
 aside) and weight values, the input shape, the dtype policy and the split's image bytes. A change of
 backbone, alpha, weights, image size, split or preprocessing changes the key; nothing is ever stale.
 
-Settings (read at every trial): TRANSFER_SEARCH_FEATURE_CACHE = memory (default) | disk | off;
+Settings (read at every trial): TRANSFER_SEARCH_FEATURE_CACHE = auto (default) | memory | disk | off;
 TRANSFER_SEARCH_FEATURE_CACHE_MB (default 1024) bounds the in-process store (least recently used
-go first). `disk` also persists under <studies>/_cache/features/<key>.npy, so a second worker or a
-resumed study reuses them; delete that folder to reclaim the space.
+go first). `disk` persists every array under <studies>/_cache/features/<key>.npy, so a second worker or a
+resumed study reuses them; `auto` keeps small arrays in memory (faster) and persists the ones over
+AUTO_DISK_BYTES, memory-mapped back: a large data set's tensors take page cache, not the process's
+memory, and are never a reason to train on images. `memory` never writes, and trains on images when the
+tensors at a cut exceed the budget. Delete the folder to reclaim the space.
 """
 
 from __future__ import annotations
@@ -44,14 +47,17 @@ from search.models.build import get_backbone_model, trainable_range_start
 from search.models.freezing import get_strategy
 from search.training.cut import Cut, extractor, find_cut, standard_layout, stochastic_layers
 
-MODES = ("memory", "disk", "off")
+MODES = ("auto", "memory", "disk", "off")
+AUTO_DISK_BYTES = 64 * 2**20  # auto: arrays above this go to disk and are memory-mapped back
+DISK_MB = 20 * 1024  # the features folder's bound (TRANSFER_SEARCH_FEATURE_CACHE_DISK_MB): least recently used go
 KEY_VERSION = 1  # bump when the extraction itself changes
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    mode: str = "memory"
+    mode: str = "auto"
     max_bytes: int = 1024 * 2**20
+    disk_bytes: int = DISK_MB * 2**20
 
 
 _override: Settings | None = None
@@ -60,13 +66,17 @@ _override: Settings | None = None
 def settings() -> Settings:
     if _override is not None:
         return _override
-    mode = os.environ.get("TRANSFER_SEARCH_FEATURE_CACHE", "memory")
+    mode = os.environ.get("TRANSFER_SEARCH_FEATURE_CACHE", "auto")
     if mode not in MODES:
         raise UserError(f"TRANSFER_SEARCH_FEATURE_CACHE={mode!r}; valid: {', '.join(MODES)}")
-    mb = os.environ.get("TRANSFER_SEARCH_FEATURE_CACHE_MB", "1024")
-    if not mb.isdigit():
-        raise UserError(f"TRANSFER_SEARCH_FEATURE_CACHE_MB={mb!r}: expected a whole number of MiB")
-    return Settings(mode, int(mb) * 2**20)
+    sizes = {}
+    for name, default in (("TRANSFER_SEARCH_FEATURE_CACHE_MB", "1024"), ("TRANSFER_SEARCH_FEATURE_CACHE_DISK_MB",
+                                                                       str(DISK_MB))):
+        sizes[name] = os.environ.get(name, default)
+        if not sizes[name].isdigit():
+            raise UserError(f"{name}={sizes[name]!r}: expected a whole number of MiB")
+    return Settings(mode, int(sizes["TRANSFER_SEARCH_FEATURE_CACHE_MB"]) * 2**20,
+                    int(sizes["TRANSFER_SEARCH_FEATURE_CACHE_DISK_MB"]) * 2**20)
 
 
 @contextlib.contextmanager
@@ -137,7 +147,7 @@ def _plan(cfg: TrialConfig, model: keras.Model, n_images: int) -> Plan:
         cut, why = None, f"{cfg.backbone}: {noisy[0]} below the cut is random during fit"
     if cut is not None:
         size = int(np.prod(cut.tensor.shape[1:])) * 4 * n_images
-        if size > settings().max_bytes:
+        if size > settings().max_bytes and settings().mode == "memory":
             cut, why = None, (f"tensors at {cut.layer_name} take {size / 2**20:.0f} MiB, over the "
                               f"{settings().max_bytes / 2**20:.0f} MiB budget")
     return Plan(phase1, "cut" if cut else "images", cut, note or why)
@@ -222,30 +232,41 @@ class FeatureStore:
             self.stats["memory_hits"] += 1
             return self._items[key]
         path = self.folder() / f"{key}.npy"
-        if settings().mode == "disk" and path.is_file():
+        if settings().mode in ("disk", "auto") and path.is_file():
             try:
-                array = np.load(path, allow_pickle=False)
+                mapped = settings().mode == "auto" or path.stat().st_size > AUTO_DISK_BYTES
+                array = np.load(path, allow_pickle=False, mmap_mode="r" if mapped else None)
             except (OSError, ValueError):  # a torn or foreign file: recompute and overwrite it
                 return None
             self.stats["disk_hits"] += 1
+            os.utime(path)  # recently used: trimmed last
             self._keep(key, array)
             return array
         return None
 
-    def put(self, key: str, array: np.ndarray) -> None:
-        if settings().mode == "disk":
+    def put(self, key: str, array: np.ndarray) -> np.ndarray:
+        """Store an array; returns the one to use from now on (in auto mode, a large one's memory map)."""
+        mode = settings().mode
+        if mode == "disk" or (mode == "auto" and array.nbytes > AUTO_DISK_BYTES):
             folder = self.folder()
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 with atomic_path(folder / f"{key}.npy") as tmp:  # another worker never reads half a file
                     np.save(tmp, array)
+                trim(folder, settings().disk_bytes, keep=folder / f"{key}.npy")
+                if mode == "auto":
+                    array = np.load(folder / f"{key}.npy", mmap_mode="r")  # the RAM copy can go
             except OSError as exc:  # a full or read-only disk costs the reuse, never the trial
                 if "disk" not in _announced:
                     _announced.add("disk")
                     print(f"warning: cannot persist features in {folder}: {exc.strerror}; keeping them in memory")
         self._keep(key, array)
+        return array
 
     def _keep(self, key: str, array: np.ndarray) -> None:
+        if isinstance(array, np.memmap):  # the page cache holds it, not this process: no budget needed
+            self._items[key] = array
+            return
         array.setflags(write=False)  # shared across trials: nobody may change it in place
         budget = settings().max_bytes
         if array.nbytes > budget:
@@ -254,7 +275,8 @@ class FeatureStore:
         self.nbytes += array.nbytes
         while self.nbytes > budget:
             _, old = self._items.popitem(last=False)
-            self.nbytes -= old.nbytes
+            if not isinstance(old, np.memmap):
+                self.nbytes -= old.nbytes
 
     def clear(self) -> None:
         self._items.clear()
@@ -263,6 +285,23 @@ class FeatureStore:
 
 
 STORE = FeatureStore()
+
+
+def trim(folder, budget: int, keep) -> None:
+    """Delete the least recently used .npy files until the folder fits `budget` bytes (never `keep`, just
+    written). A process that has one mapped keeps reading it: on POSIX the data lives until it is unmapped."""
+    facts = []
+    for f in folder.glob("*.npy"):
+        with contextlib.suppress(FileNotFoundError):  # another worker trimmed it meanwhile
+            st = f.stat()
+            facts.append((st.st_mtime, st.st_size, f))
+    total = sum(size for _, size, _ in facts)
+    for _, size, f in sorted(facts):
+        if total <= budget:
+            break
+        if f != keep:
+            total -= size
+            f.unlink(missing_ok=True)
 
 
 def frozen_outputs(model: keras.Model, plan: Plan, splits: list[np.ndarray], batch_size: int) -> list[dict]:
@@ -283,8 +322,7 @@ def frozen_outputs(model: keras.Model, plan: Plan, splits: list[np.ndarray], bat
         for i, outputs in zip(missing, computed):
             for name, key in keys[i].items():
                 if found[i][name] is None:
-                    STORE.put(key, outputs[name])
-                    found[i][name] = outputs[name]
+                    found[i][name] = STORE.put(key, outputs[name])
     return found
 
 

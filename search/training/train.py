@@ -146,6 +146,9 @@ class Validation(keras.callbacks.Callback):
             logs.update({k: v for k, v in self.evaluate().items() if k != "probabilities"})
 
 
+STREAM_BYTES = 256 * 2**20  # inputs above this are gathered batch by batch from the array (epoch_batches)
+
+
 def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batch_size: int, seed: int,
                   first_epoch: int, mix: str = "none", mix_alpha: float = 0.2):
     """Endless (inputs, one-hot) batches, epoch after epoch from `first_epoch`; each epoch is a permutation
@@ -153,7 +156,17 @@ def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batc
     search.models.augment MIXES entry) mixes each batch and its labels, keyed by (seed, epoch, batch)."""
 
     n = len(labels)
-    inputs, labels = tf.constant(inputs), tf.constant(labels)
+    labels = tf.constant(labels)
+    if inputs.nbytes > STREAM_BYTES:  # gathered from the array batch by batch: no second, TensorFlow copy
+        shape, dtype = inputs.shape[1:], tf.as_dtype(inputs.dtype)
+
+        def rows(i):
+            out = tf.numpy_function(lambda index: inputs[index], [i], dtype, stateful=False)
+            out.set_shape([None, *shape])
+            return out
+    else:  # small (cached features, small images): one constant, gathered inside TensorFlow
+        constant = tf.constant(inputs)
+        rows = lambda i: tf.gather(constant, i)  # noqa: E731
     mixing = get_mix(mix).apply
 
     def epoch(e):
@@ -162,7 +175,7 @@ def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batc
         return order.enumerate().map(lambda b, i: (i, tf.stack([tf.constant(seed, tf.int64), e * 100_003 + b])))
 
     def batch(i, key):
-        x, y = tf.cast(tf.gather(inputs, i), tf.float32), tf.one_hot(tf.gather(labels, i), num_classes)
+        x, y = tf.cast(rows(i), tf.float32), tf.one_hot(tf.gather(labels, i), num_classes)
         return (x, y) if mixing is None else mixing(x, y, mix_alpha, key)
 
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)

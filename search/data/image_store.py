@@ -1,0 +1,142 @@
+"""Decoded images on disk, once per (dataset content, image size): a memory-mapped uint8 array.
+
+The first process that needs a folder, CSV or TFDS data set at a size decodes it, with a progress bar, into
+<studies>/_cache/images/<key>/ (images.npy, labels.npy, parts.npy, meta.json), writing each chunk of images
+straight into the file: decoding holds one chunk in memory, not the data set. Every later process, worker
+and resumed study maps the same file instead of decoding again; the pages are the kernel's page cache,
+shared between processes and given back under memory pressure.
+
+The key is the data set's content: every file's path, size and modification time, its label and given part,
+the class names and the image size (KEY_VERSION too). Change, add or remove one image and the key changes:
+nothing stale is ever read. Old entries stay until deleted (`rm -r studies/_cache/images`).
+
+TRANSFER_SEARCH_IMAGE_CACHE = disk (default) | memory: memory decodes into RAM per process, as before.
+A folder is written under a temporary name and renamed when complete, so a reader never sees half of it
+and two workers decoding at once both end up with a whole copy (the second rename loses, harmlessly).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+from search.config import studies_dir
+from search.errors import UserError
+
+KEY_VERSION = 1  # bump when decoding itself changes (resizing, EXIF handling)
+MODES = ("disk", "memory")
+
+
+class Decoded(NamedTuple):
+    images: np.ndarray  # uint8 [N, size, size, 3]: a read-only memory map, or an in-memory array
+    labels: np.ndarray  # int32 [N]
+    classes: tuple[str, ...]
+    parts: np.ndarray | None  # int8 [N]: 0 train, 1 validation, 2 test, where the data set comes split; else None
+
+
+Row = tuple  # (uint8 image [size, size, 3] or None when unreadable, label, part, name for messages)
+
+
+def mode() -> str:
+    value = os.environ.get("TRANSFER_SEARCH_IMAGE_CACHE", "disk")
+    if value not in MODES:
+        raise UserError(f"TRANSFER_SEARCH_IMAGE_CACHE={value!r}; valid: {', '.join(MODES)}")
+    return value
+
+
+def folder_of(key: str) -> Path:
+    return studies_dir() / "_cache" / "images" / key
+
+
+def key_of(identity: list) -> str:
+    """A content key from JSON-able parts (file facts, labels, classes, size...)."""
+    digest = hashlib.sha256(json.dumps([KEY_VERSION, *identity], default=str).encode())
+    return digest.hexdigest()[:24]
+
+
+def file_facts(files: list[Path]) -> list:
+    """What a decoded file depends on, without reading it: path, size, modification time."""
+    facts = []
+    for f in files:
+        st = f.stat()
+        facts.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    return facts
+
+
+def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterator[Row]], what: str,
+           has_parts: bool = False) -> Decoded:
+    """The decoded data set: mapped from disk when its key is there, else decoded from `rows()` (n rows)."""
+    classes = tuple(classes)
+    if mode() == "memory":
+        images = np.empty((n, size, size, 3), np.uint8)
+        labels, parts, keep = _decode(images, rows(), what)
+        return Decoded(images if len(keep) == n else images[keep], labels, classes, parts if has_parts else None)
+    folder = folder_of(key_of([*identity, size, list(classes)]))
+    if (folder / "meta.json").is_file():
+        return _load(folder)
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        labels, parts, keep = _decode(images, rows(), what)
+        if len(keep) < n:  # unreadable files were skipped: keep the readable rows only, a chunk at a time
+            kept = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8,
+                                             shape=(len(keep), size, size, 3))
+            for start in range(0, len(keep), 256):
+                kept[start:start + 256] = images[keep[start:start + 256]]
+            kept.flush()
+            del kept
+            os.replace(tmp / "kept.npy", tmp / "images.npy")
+        images.flush()
+        del images
+        np.save(tmp / "labels.npy", labels)
+        if has_parts:
+            np.save(tmp / "parts.npy", parts)
+        (tmp / "meta.json").write_text(json.dumps({"classes": list(classes), "what": what, "images": len(keep),
+                                                   "size": size}))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process stored it first: theirs is the same content
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load(folder)
+
+
+def _load(folder: Path) -> Decoded:
+    meta = json.loads((folder / "meta.json").read_text())
+    parts = folder / "parts.npy"
+    return Decoded(np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "labels.npy"),
+                   tuple(meta["classes"]), np.load(parts) if parts.is_file() else None)
+
+
+def _decode(images: np.ndarray, rows: Iterator[Row], what: str):
+    """Fill `images` from the rows, with a progress bar: (labels, parts, row numbers) of the readable rows."""
+    from tqdm import tqdm
+
+    n = len(images)
+    labels, parts, keep, bad = np.zeros(n, np.int32), np.zeros(n, np.int8), [], []
+    with tqdm(total=n, desc=f"decoding {what}", unit="image", file=sys.stderr, mininterval=2,
+              disable=n < 500) as bar:
+        for i, (image, label, part, name) in enumerate(rows):
+            labels[i], parts[i] = label, part
+            if image is None:
+                bad.append(name)
+            else:
+                images[i] = image
+                keep.append(i)
+            bar.update(1)
+    if bad:  # skip unreadable files, say so once, keep going: one broken JPEG must not stop a study
+        print(f"warning: skipped {len(bad)} unreadable image(s), first: {bad[0]}", flush=True)
+    if not keep:
+        raise UserError(f"{what}: no readable image")
+    keep = np.asarray(keep)
+    return labels[keep], parts[keep], keep
