@@ -254,3 +254,19 @@ def test_tflite_export_leaves_the_new_random_layers_out(name):
     assert stripped is not model
     kinds = {type(layer).__name__ for layer in stripped.layers}
     assert not kinds & {"RandAugment", "AugMix", "RandomErasing", "RandomFlip"}
+
+
+def test_a_model_trained_with_layer_rates_saves_and_loads_as_plain_keras_without_warnings(tmp_path):
+    import warnings
+
+    cfg = dataclasses.replace(TOP_BLOCKS, layer_decay=0.5, finetune_epochs=1)
+    data = load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
+    result = train(cfg, data.train, data.val, data.class_names)
+    path = tmp_path / "model.keras"
+    result.model.save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. Keras' "Skipping variable loading for optimizer"
+        loaded = keras.models.load_model(path, safe_mode=True)
+    assert type(loaded.optimizer).__name__ == "Adam"
+    x = data.val.images[:8].astype(np.float32)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)

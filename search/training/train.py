@@ -131,14 +131,14 @@ class Validation(keras.callbacks.Callback):
     def __init__(self, inference: Inference, inputs: np.ndarray, labels: np.ndarray, num_classes: int,
                  label_smoothing: float):
         super().__init__()
-        self.inference, self.inputs = inference, inputs
+        self.inference, self.inputs, self.labels = inference, inputs, np.asarray(labels)
         self.onehot = np.eye(num_classes, dtype=np.float32)[labels]
         self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
 
     def evaluate(self) -> dict:
         probs = self.inference(self.inputs)
         return {"val_loss": float(self.loss(self.onehot, probs)),
-                "val_accuracy": float(np.mean(np.argmax(probs, axis=1) == np.argmax(self.onehot, axis=1))),
+                "val_accuracy": float(np.mean(np.argmax(probs, axis=1) == self.labels)),
                 "probabilities": probs}
 
     def on_epoch_end(self, epoch, logs=None):
@@ -313,7 +313,10 @@ def train(
                     release(pulled)
         # leave the full model compiled as the uncached path does, with an optimizer load_model knows
         if last.net is not model or unrated(last.net.optimizer) is not last.net.optimizer:
-            _compile(model, unrated(last.net.optimizer), cfg)
+            optimizer = unrated(last.net.optimizer)
+            if not optimizer.built:  # built as the trained one was: a saved model loads without a warning
+                optimizer.build(model.trainable_variables)
+            _compile(model, optimizer, cfg)
     except Exception as exc:
         if type(exc).__name__ == "ResourceExhaustedError":  # tf.errors.ResourceExhaustedError: OOM
             raise TrialError(f"out of memory: {str(exc).splitlines()[0][:200]}") from exc
