@@ -270,3 +270,12 @@ def test_a_model_trained_with_layer_rates_saves_and_loads_as_plain_keras_without
     assert type(loaded.optimizer).__name__ == "Adam"
     x = data.val.images[:8].astype(np.float32)
     np.testing.assert_allclose(loaded.predict(x, verbose=0), result.model.predict(x, verbose=0), atol=1e-5)
+
+
+def test_the_flowers_report_says_which_rows_share_which_seeds():
+    from search.bench.flowers import seeds_words
+
+    reports = {"search winner": {"seeds": [{"seed": 4}, {"seed": 5}]}, "winner, l2sp=0.0 (was 0.1)":
+               {"seeds": [{"seed": 4}, {"seed": 5}]}, "seeds: frozen + Adam": {"seeds": [{"seed": 0}, {"seed": 1}]}}
+    assert seeds_words(reports) == ("search winner, winner, l2sp=0.0 (was 0.1): seeds 4, 5; "
+                                    "seeds: frozen + Adam: seeds 0, 1")

@@ -34,6 +34,14 @@ def test_each_value_trains_the_same_configuration_with_only_the_knob_changed(mon
     assert "| lr_schedule=constant | lr_schedule=cosine |" in report.read_text().replace("configuration | ", "")
 
 
+def test_a_knob_the_spaces_queue_names_can_still_be_varied():
+    """spaces/flowers.yaml's queued recipes name layer_decay: fixing it for the bench must not trip on them."""
+    assert "layer_decay" in load_space("spaces/flowers.yaml").enqueue[1]
+    with pytest.raises(UserError, match="params.layer_decay: 1.5 is out of bounds"):
+        knob.run("spaces/flowers.yaml", [], "layer_decay", ["1.0", "1.5"], seeds=1, configs=["{freeze: frozen}"],
+                 log=lambda _: None)
+
+
 @pytest.mark.parametrize("space, knob_name, values, configs, message", [
     ("default", "no_such", ["1", "2"], ["{freeze: frozen}"], "--knob 'no_such': not a TrialConfig field"),
     ("default", "dropout", ["0.1", "high"], ["{freeze: frozen}"], "--values 'high': dropout takes a float"),

@@ -40,7 +40,8 @@ PLAIN = {"augment": "none", "mix": "none", "layer_decay": 1.0, "weight_decay": 0
 
 def ablations(config: dict) -> dict[str, str]:
     """{row label: retrain --set override} for each knob of `config` that is not at its plain value."""
-    return {f"winner, {knob}={plain} (was {config[knob]})": f"{knob}={plain}"
+    shown = lambda v: f"{v:.3g}" if isinstance(v, float) else v  # noqa: E731
+    return {f"winner, {knob}={plain} (was {shown(config[knob])})": f"{knob}={plain}"
             for knob, plain in PLAIN.items() if knob in config and config[knob] != plain}
 
 
@@ -168,6 +169,14 @@ def _validation_words(study) -> str:
     return "one train/validation split" if k == 1 else f"{k}-fold cross-validation (value: fold mean ± std)"
 
 
+def seeds_words(reports: dict) -> str:
+    """Which rows used which seeds: 'search winner, ...: 4, 5, 6; seeds: ...: 0, 1, 2'."""
+    groups: dict[tuple, list[str]] = {}
+    for label, r in reports.items():
+        groups.setdefault(tuple(s["seed"] for s in r["seeds"]), []).append(label)
+    return "; ".join(f"{', '.join(labels)}: seeds {', '.join(map(str, seeds))}" for seeds, labels in groups.items())
+
+
 def write_report(study, name, runs: dict[str, Path], search_s, total_s, budget_s, data) -> Path:
     import optuna
 
@@ -206,10 +215,10 @@ def write_report(study, name, runs: dict[str, Path], search_s, total_s, budget_s
     winner = reports["search winner"]
     first = winner["seeds"][0]
     names = winner["class_names"]
-    lines += ["", f"Test metrics: mean ± sample std over seeds {[r['seed'] for r in winner['seeds']]}, the same "
-              "for every row; 'winner, knob=value' rows are the ablation: the winner retrained with that one knob "
-              "turned back to the value that costs nothing; parameters include the softmax head (1,280 x 5 + 5 = "
-              "6,405 for MobileNetV2).", "",
+    lines += ["", f"Test metrics: mean ± sample std over the retrain seeds ({seeds_words(reports)}); "
+              "'winner, knob=value' rows are the ablation: the winner retrained with that one knob turned back to "
+              "the value that costs nothing, with the winner's seeds; parameters include the softmax head "
+              "(1,280 x 5 + 5 = 6,405 for MobileNetV2).", "",
               f"## Search winner (trial {winner.get('trial')}), seed {first['seed']}: per class on the test split",
               "", "| class | precision | recall | F1 |", "|---|---|---|---|"]
     for cls in names:

@@ -21,7 +21,7 @@ import yaml
 from search.config import FIELD_TYPES, TrialConfig, studies_dir
 from search.data.folds import mean_std
 from search.errors import UserError
-from search.space import Space, load_space, split_backbone
+from search.space import Space, load_space, parse_space, split_backbone
 
 
 def configs_of(space: Space, entries: list[dict], knob: str, value, seed: int) -> list[TrialConfig]:
@@ -64,8 +64,9 @@ def run(space_path: str, overrides: list[str], knob: str, values: list[str], see
     if unknown:
         raise UserError(f"--config: {unknown[0]!r} is not a TrialConfig field")
     parsed = [parse_value(knob, v) for v in values]
-    for text in values:  # each value through the space's own checks (bounds, registries, conditions)
-        load_space(space_path, [*overrides, f"{knob}={text}"])
+    for text in values:  # each value through the space's own checks (bounds, registries), without its queue
+        parse_space({**space.raw, "params": {**space.raw["params"], knob: yaml.safe_load(text)}, "enqueue": []},
+                    space_path)
     table: dict[str, list[list[float]]] = {}  # config index -> per value -> accuracies over seeds
     seconds: dict[str, list[list[float]]] = {}  # the same, each training's seconds
     started = time.perf_counter()
