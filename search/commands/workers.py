@@ -99,6 +99,9 @@ def run(args) -> int:
         if not args.recycle or (deadline is not None and time.monotonic() >= deadline):
             return False
         waiting = open_worker_study(space, heartbeat, index=None).get_trials(states=(TrialState.WAITING,))
+        if waiting and deadline is not None:  # the fresh process gets what is left of the run's timeout
+            at = commands[i].index("--timeout") + 1
+            commands[i][at] = str(round(deadline - time.monotonic(), 1))
         return bool(waiting)
 
     codes, interrupted = launch(commands, envs, restart=again)
