@@ -312,8 +312,8 @@ def train(
                 finally:
                     release(pulled)
         # leave the full model compiled as the uncached path does, with an optimizer load_model knows
-        if last.net is not model or unrated(last.net.optimizer) is not last.net.optimizer:
-            optimizer = unrated(last.net.optimizer)
+        optimizer = unrated(last.net.optimizer)
+        if last.net is not model or optimizer is not last.net.optimizer:
             if not optimizer.built:  # built as the trained one was: a saved model loads without a warning
                 optimizer.build(model.trainable_variables)
             _compile(model, optimizer, cfg)
