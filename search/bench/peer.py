@@ -21,6 +21,9 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
 
 from search.config import studies_dir
 from search.data.folds import mean_std
@@ -238,8 +241,9 @@ def bench(data_path: str, weights: str, budget_s: float = 600, seeds: int = 3, n
     space = load_space(SPACE, space_overrides)
     size, split, split_seed = space.fixed("image_size"), space.fixed("split"), space.fixed("split_seed")
     search_data = load_search_data(data_path, size, split, split_seed)  # the same split for every run
-    data = PeerData(search_data.train, search_data.val, load_split(data_path, size, split, split_seed, "test"),
-                    search_data.class_names)
+    in_memory = [SimpleNamespace(images=np.asarray(s.images), labels=s.labels)  # KerasTuner wants arrays
+                 for s in (search_data.train, search_data.val, load_split(data_path, size, split, split_seed, "test"))]
+    data = PeerData(*in_memory, search_data.class_names)
     folder = studies_dir() / "bench"
     folder.mkdir(parents=True, exist_ok=True)
     peer = run_peer(data, weights, budget_s, folder / f"{name}-kt", log=log, **(peer_kwargs or {}))

@@ -1,4 +1,5 @@
-"""`python -m search bench` (`make bench`): plain vs cached training side by side, or memory per trial."""
+"""`python -m search bench` (`make bench`): plain vs cached training side by side, memory per trial, or trials
+as the data set grows (--scale)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ def add_arguments(parser) -> None:
     add("--memory", action="store_true", help="instead: resident memory after each of --trials trials")
     add("--trials", type=int, default=20, help="trials of --memory (default: %(default)s)")
     add("--space", default="spaces/default.yaml", help="space of --memory (default: %(default)s)")
+    add("--scale", action="store_true", help="instead: trials on --data and on larger folders of its crops, "
+                                             "each in a fresh process, with its memory (search/bench/scale.py)")
+    add("--scale-sizes", default="3670,15000,30000", help="images per folder of --scale (default: %(default)s)")
     add("--out", help="output folder (default: <studies>/bench)")
 
 
@@ -30,7 +34,9 @@ def run(args) -> int:
     from search.config import studies_dir
 
     out = Path(args.out) if args.out else studies_dir() / "bench"
-    if args.memory:
+    if args.scale:
+        paths = _scale(args, out)
+    elif args.memory:
         if args.trials < 1:
             raise UserError(f"--trials must be at least 1, got {args.trials}")
         rows = bench.memory_bench(args.space, args.trials)
@@ -53,6 +59,31 @@ def run(args) -> int:
     for path in paths:
         print(f"wrote {path}")
     return 0
+
+
+def _scale(args, out: Path) -> list[Path]:
+    from search.bench import cache as bench
+    from search.bench import scale
+
+    try:
+        sizes = tuple(int(n) for n in args.scale_sizes.split(","))
+    except ValueError:
+        raise UserError(f"--scale-sizes {args.scale_sizes!r}: expected whole numbers, e.g. 3670,15000,30000") from None
+    if min(sizes) < 1:
+        raise UserError(f"--scale-sizes {args.scale_sizes!r}: every size must be at least 1")
+    if args.data.startswith(("builtin:", "tfds:")) or args.data.lower().endswith(".csv"):
+        raise UserError(f"--scale needs a class-folder --data to crop from, got {args.data!r}")
+    args.size = args.size or 224
+    cfg = _base_config(args)
+    base = {k: getattr(cfg, k) for k in ("image_size", "backbone", "weights", "alpha", "batch_size")}
+    rows = scale.bench(Path(args.data), base, sizes, out / "scale", args.epochs, args.warmup_epochs,
+                       args.unfreeze_blocks)
+    notes = [f"{cfg.backbone} alpha {cfg.alpha} at {cfg.image_size} px; {args.warmup_epochs} warm-up + "
+             f"{args.epochs - args.warmup_epochs} epochs a trial, early stopping off; split 75/10/15. "
+             "load_s: the data set loaded (process 1: decoded into the store; process 2: mapped from it). "
+             "trial_s: build, frozen outputs, fit, evaluation. peak_rss_mib: VmHWM, every resident page; "
+             "peak_anon_mib: the process's own memory (RssAnon) — see search/bench/scale.py."]
+    return bench.write_tables(out, "scale", rows, scale.COLUMNS, "Trials as the data set grows", notes)
 
 
 def _base_config(args):

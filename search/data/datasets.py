@@ -29,8 +29,8 @@ import numpy as np
 
 from search.data import builtin
 from search.data.image_store import Decoded, file_facts, stored
+from search.data.rows import ImageRows
 from search.errors import UserError
-from search.memo import ArrayMemo
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PART_FOLDERS = {"train": 0, "val": 1, "validation": 1, "test": 2}  # a pre-split folder's parts
@@ -39,27 +39,31 @@ PART_FOLDERS = {"train": 0, "val": 1, "validation": 1, "test": 2}  # a pre-split
 @dataclass(frozen=True)
 class Origin:
     """Where a split's images come from: rows `index` of the concatenation of `bases`. Splits cut from one
-    array (cross-validation folds) share their bases, so the frozen part's outputs are computed once per
+    view (cross-validation folds) share their bases, so the frozen part's outputs are computed once per
     base image and sliced per fold (search.training.train), never once per fold."""
 
-    bases: tuple  # of uint8 image arrays that live for the process (their hashes are memoised by id)
-    index: np.ndarray  # int64 rows into np.concatenate(bases)
+    bases: tuple  # of ImageRows that live for the process
+    index: np.ndarray  # int64 rows into the concatenation of bases
 
 
 @dataclass(frozen=True)
 class Split:
-    images: np.ndarray  # uint8 [N, size, size, 3]
+    images: ImageRows  # uint8 [N, size, size, 3] as a view of the decoded array (an array given is wrapped)
     labels: np.ndarray  # int32 [N]
-    origin: Origin | None = None  # set for folds: images == concatenate(origin.bases)[origin.index]
+    origin: Origin | None = None  # set for folds: images are the rows origin.index of the bases, concatenated
+
+    def __post_init__(self):
+        if not isinstance(self.images, ImageRows):
+            object.__setattr__(self, "images", ImageRows(np.asarray(self.images)))
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
 def subset(split: Split, index: np.ndarray) -> Split:
-    """Rows `index` of a split, remembering that they come from it (see Origin)."""
+    """Rows `index` of a split (a view), remembering that they come from it (see Origin)."""
     index = np.asarray(index, dtype=np.int64)
-    return Split(split.images[index], split.labels[index], Origin((split.images,), index))
+    return Split(split.images.take(index), split.labels[index], Origin((split.images,), index))
 
 
 @dataclass(frozen=True)
@@ -270,9 +274,9 @@ def dataset_split(spec: str, image_size: int, fractions, seed: int) -> tuple[np.
 
 
 def load_split(spec: str, image_size: int, fractions, seed: int, part: str) -> Split:
-    images, labels = load_images(spec, image_size)[:2]
+    decoded = load_images(spec, image_size)
     idx = dict(zip(("train", "val", "test"), dataset_split(spec, image_size, fractions, seed)))[part]
-    return Split(images[idx], labels[idx])
+    return Split(ImageRows(decoded.images, idx, file=decoded.file), decoded.labels[idx])
 
 
 @functools.lru_cache(maxsize=4)
@@ -286,47 +290,36 @@ def load_search_data(spec: str, image_size: int, fractions: tuple, seed: int) ->
     )
 
 
-_mirrored = ArrayMemo(keep=1)  # one at a time: a doubled 224 px split is hundreds of MB
-
-
 def with_mirrors(split: Split) -> Split:
-    """The split followed by its left-right mirror images (`augment: mirror`), built once per split object.
+    """The split followed by its left-right mirror images (`augment: mirror`), as a view: nothing is copied,
+    a mirrored row is flipped as it is read (search.data.rows).
 
     A fixed augmentation: unlike random layers, the frozen part's outputs for these images can be cached,
     so a trial costs about twice a plain one instead of every epoch going through the whole backbone.
     A fold (a split with an Origin) gets the mirrors of its base instead, so every fold shares them."""
+    labels = np.concatenate([split.labels, split.labels])
     if split.origin is not None and len(split.origin.bases) == 1:
         base = split.origin.bases[0]
         index = np.concatenate([split.origin.index, split.origin.index + len(base)])
-        return Split(np.concatenate([split.images, split.images[:, :, ::-1]]),
-                     np.concatenate([split.labels, split.labels]), Origin((base, mirror_images(base)), index))
-    return _mirrored.get(split.images, lambda images: Split(np.concatenate([images, images[:, :, ::-1]]),
-                                                           np.concatenate([split.labels, split.labels])))
-
-
-_mirror_images = ArrayMemo(keep=1)  # one base at a time, as for with_mirrors
-
-
-def mirror_images(images: np.ndarray) -> np.ndarray:
-    """The left-right mirror of an image array, built once per array object (a fold base's mirrors)."""
-    return _mirror_images.get(images, lambda a: np.ascontiguousarray(a[:, :, ::-1]))
+        return Split(split.images.with_mirrors(), labels, Origin((base, base.mirrored()), index))
+    return Split(split.images.with_mirrors(), labels)
 
 
 @functools.lru_cache(maxsize=2)
 def load_pool(spec: str, image_size: int, fractions: tuple, seed: int) -> Split:
     """Every non-test image (train + validation of the split) as one array, in index order: what
     cross-validation folds and the final refit use. The test part is the same as load_split's."""
-    images, labels = load_images(spec, image_size)[:2]
+    decoded = load_images(spec, image_size)
     train, val, _ = dataset_split(spec, image_size, fractions, seed)
     idx = np.sort(np.concatenate([train, val]))
-    return Split(images[idx], labels[idx])
+    return Split(ImageRows(decoded.images, idx, file=decoded.file), decoded.labels[idx])
 
 
 def make_dataset(split: Split, num_classes: int, batch_size: int, shuffle: bool, seed: int = 0):
     """A tf.data pipeline of (float32 pixels 0-255, one-hot labels), prefetching."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(split.images), split.labels))
     if shuffle:
         ds = ds.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size).map(

@@ -1,8 +1,9 @@
 """Decoded images on disk, once per (dataset content, image size): a memory-mapped uint8 array.
 
 The first process that needs a folder, CSV or TFDS data set at a size decodes it, with a progress bar, into
-<studies>/_cache/images/<key>/ (images.npy, labels.npy, parts.npy, meta.json), writing each chunk of images
-straight into the file: decoding holds one chunk in memory, not the data set. Every later process, worker
+<studies>/_cache/images/<key>/ (images.u8: the uint8 rows one after another; labels.npy, parts.npy,
+meta.json with the shape), appending each image to the file as it is decoded: decoding holds one chunk in
+memory, not the data set (and no dirty mapped pages either). Every later process, worker
 and resumed study maps the same file instead of decoding again; the pages are the kernel's page cache,
 shared between processes and given back under memory pressure.
 
@@ -30,7 +31,7 @@ import numpy as np
 from search.config import studies_dir
 from search.errors import UserError
 
-KEY_VERSION = 1  # bump when decoding itself changes (resizing, EXIF handling)
+KEY_VERSION = 2  # bump when decoding itself changes (resizing, EXIF handling)
 MODES = ("disk", "memory")
 
 
@@ -39,6 +40,7 @@ class Decoded(NamedTuple):
     labels: np.ndarray  # int32 [N]
     classes: tuple[str, ...]
     parts: np.ndarray | None  # int8 [N]: 0 train, 1 validation, 2 test, where the data set comes split; else None
+    file: str | None = None  # the stored raw file `images` maps (search.data.rows reads batches from it)
 
 
 Row = tuple  # (uint8 image [size, size, 3] or None when unreadable, label, part, name for messages)
@@ -76,7 +78,11 @@ def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterat
     classes = tuple(classes)
     if mode() == "memory":
         images = np.empty((n, size, size, 3), np.uint8)
-        labels, parts, keep = _decode(images, rows(), what)
+
+        def put(i, image):
+            images[i] = image
+
+        labels, parts, keep = _decode(n, put, rows(), what)
         return Decoded(images if len(keep) == n else images[keep], labels, classes, parts if has_parts else None)
     folder = folder_of(key_of([*identity, size, list(classes)]))
     if (folder / "meta.json").is_file():
@@ -85,18 +91,9 @@ def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterat
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        labels, parts, keep = _decode(images, rows(), what)
-        if len(keep) < n:  # unreadable files were skipped: keep the readable rows only, a chunk at a time
-            kept = np.lib.format.open_memmap(tmp / "kept.npy", mode="w+", dtype=np.uint8,
-                                             shape=(len(keep), size, size, 3))
-            for start in range(0, len(keep), 256):
-                kept[start:start + 256] = images[keep[start:start + 256]]
-            kept.flush()
-            del kept
-            os.replace(tmp / "kept.npy", tmp / "images.npy")
-        images.flush()
-        del images
+        with open(tmp / "images.u8", "wb") as out:  # readable rows appended in order: unreadable ones never land
+            labels, parts, keep = _decode(n, lambda i, image: out.write(np.ascontiguousarray(image).data), rows(),
+                                          what)
         np.save(tmp / "labels.npy", labels)
         if has_parts:
             np.save(tmp / "parts.npy", parts)
@@ -113,16 +110,16 @@ def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterat
 
 def _load(folder: Path) -> Decoded:
     meta = json.loads((folder / "meta.json").read_text())
-    parts = folder / "parts.npy"
-    return Decoded(np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "labels.npy"),
-                   tuple(meta["classes"]), np.load(parts) if parts.is_file() else None)
+    parts, file = folder / "parts.npy", folder / "images.u8"
+    images = np.memmap(file, np.uint8, mode="r", shape=(meta["images"], meta["size"], meta["size"], 3))
+    return Decoded(images, np.load(folder / "labels.npy"), tuple(meta["classes"]),
+                   np.load(parts) if parts.is_file() else None, str(file))
 
 
-def _decode(images: np.ndarray, rows: Iterator[Row], what: str):
-    """Fill `images` from the rows, with a progress bar: (labels, parts, row numbers) of the readable rows."""
+def _decode(n: int, put: Callable, rows: Iterator[Row], what: str):
+    """put(i, image) each readable row, with a progress bar: (labels, parts, row numbers) of the readable rows."""
     from tqdm import tqdm
 
-    n = len(images)
     labels, parts, keep, bad = np.zeros(n, np.int32), np.zeros(n, np.int8), [], []
     with tqdm(total=n, desc=f"decoding {what}", unit="image", file=sys.stderr, mininterval=2,
               disable=n < 500) as bar:
@@ -131,7 +128,7 @@ def _decode(images: np.ndarray, rows: Iterator[Row], what: str):
             if image is None:
                 bad.append(name)
             else:
-                images[i] = image
+                put(i, image)
                 keep.append(i)
             bar.update(1)
     if bad:  # skip unreadable files, say so once, keep going: one broken JPEG must not stop a study

@@ -38,9 +38,9 @@ import numpy as np
 import tensorflow as tf
 
 from search.config import TrialConfig, studies_dir
+from search.data.rows import ImageRows
 from search.errors import UserError
 from search.files import atomic_path
-from search.memo import ArrayMemo
 from search.models.augment import get_augmentation, get_mix
 from search.models.backbones import backbone_layers, get_backbone
 from search.models.build import get_backbone_model, trainable_range_start
@@ -165,18 +165,10 @@ def announce(plan: Plan) -> None:
 
 # ------------------------------------------------------------------------------------------------ keys
 
-_data_digests = ArrayMemo()
-
-
-def data_digest(images: np.ndarray) -> str:
-    """Hash of an image array's bytes, computed once per array object (splits live for the process)."""
-    return _data_digests.get(images, _digest)
-
-
-def _digest(images: np.ndarray) -> str:
-    h = hashlib.blake2b(f"{images.shape}{images.dtype}".encode(), digest_size=16)
-    h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
-    return h.hexdigest()
+def data_digest(images) -> str:
+    """What a split's images are (search.data.rows.ImageRows.digest: the store's file, the rows, the flips;
+    a plain array is viewed whole)."""
+    return (images if isinstance(images, ImageRows) else ImageRows(np.asarray(images))).digest()
 
 
 def layers_digest(layer_list) -> str:
@@ -326,19 +318,25 @@ def frozen_outputs(model: keras.Model, plan: Plan, splits: list[np.ndarray], bat
     return found
 
 
-def _predict(net: keras.Model, arrays: list[np.ndarray], batch_size: int) -> list[dict]:
-    """One predict call over all arrays, padded to whole batches: every batch has one shape, so the
-    network is traced once (a last, smaller batch would trace it again; seconds for a real backbone)."""
-
-    sizes = [len(a) for a in arrays]
-    images = np.concatenate(arrays) if len(arrays) > 1 else arrays[0]
-    pad = -len(images) % batch_size
-    if pad:
-        images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-    ds = tf.data.Dataset.from_tensor_slices(images).batch(batch_size)
-    ds = ds.map(lambda x: tf.cast(x, tf.float32)).prefetch(tf.data.AUTOTUNE)
-    outputs = net.predict(ds, verbose=0)
-    outputs = dict(zip(("cut", "pool"), outputs)) if isinstance(outputs, list) else {"pool": outputs}
-    ends = np.cumsum(sizes)
-    return [{name: out[end - size:end].copy() for name, out in outputs.items()}
-            for size, end in zip(sizes, ends)]
+def _predict(net: keras.Model, arrays: list, batch_size: int) -> list[dict]:
+    """The network's outputs for each image array, batch by batch: the images are read a batch at a time
+    (a view of the store: O(batch) memory) and each output lands in its own array. Every batch has one
+    shape (the last is padded), so the network is traced once (a smaller batch would trace it again)."""
+    forward = tf.function(lambda x: net(tf.cast(x, tf.float32), training=False))
+    results = []
+    for images in arrays:
+        outputs: dict[str, np.ndarray] = {}
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            n = len(chunk)
+            if n < batch_size:
+                chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), chunk.dtype)])
+            out = forward(chunk)
+            named = dict(zip(("cut", "pool"), out)) if isinstance(out, (list, tuple)) else {"pool": out}
+            for name, value in named.items():
+                value = keras.ops.convert_to_numpy(value)
+                if name not in outputs:
+                    outputs[name] = np.empty((len(images), *value.shape[1:]), value.dtype)
+                outputs[name][start:start + n] = value[:n]
+        results.append(outputs)
+    return results

@@ -157,7 +157,7 @@ def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batc
 
     n = len(labels)
     labels = tf.constant(labels)
-    if inputs.nbytes > STREAM_BYTES:  # gathered from the array batch by batch: no second, TensorFlow copy
+    if inputs.nbytes > STREAM_BYTES:  # gathered from the array (or view) batch by batch: no TensorFlow copy
         shape, dtype = inputs.shape[1:], tf.as_dtype(inputs.dtype)
 
         def rows(i):
@@ -165,7 +165,7 @@ def epoch_batches(inputs: np.ndarray, labels: np.ndarray, num_classes: int, batc
             out.set_shape([None, *shape])
             return out
     else:  # small (cached features, small images): one constant, gathered inside TensorFlow
-        constant = tf.constant(inputs)
+        constant = tf.constant(np.asarray(inputs))
         rows = lambda i: tf.gather(constant, i)  # noqa: E731
     mixing = get_mix(mix).apply
 
