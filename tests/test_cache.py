@@ -353,3 +353,37 @@ def test_validation_logs_are_what_keras_evaluate_computes_and_the_metrics_use_th
     assert last["val_loss"] == pytest.approx(loss, rel=1e-3)
     assert result.metrics["accuracy"] == pytest.approx(last["val_accuracy"], abs=1e-12)
     assert {"build", "features", "warmup", "finetune", "evaluate"} <= set(result.seconds_by_phase)
+
+
+def test_large_frozen_outputs_go_to_disk_batch_by_batch_and_a_full_disk_keeps_them_in_memory(data, monkeypatch,
+                                                                                              studies_home, capsys):
+    from search.models.build import build_model
+
+    cfg = dataclasses.replace(BASE, freeze="top_blocks", unfreeze_blocks=1)
+    model = build_model(cfg, 5)
+    plan = cache.plan_trial(cfg, model, len(data.train))
+    with cache.using("memory"):
+        cache.STORE.clear()
+        [in_memory] = cache.frozen_outputs(model, plan, [data.train.images], 32)
+    assert not any(isinstance(v, np.memmap) for v in in_memory.values())
+    monkeypatch.setattr(cache, "AUTO_DISK_BYTES", 1024)  # every output of this tiny task counts as large
+    with cache.using("auto"):
+        cache.STORE.clear()
+        [mapped] = cache.frozen_outputs(model, plan, [data.train.images], 32)
+        for name, value in mapped.items():
+            assert isinstance(value, np.memmap) and value.shape == in_memory[name].shape
+            np.testing.assert_allclose(value, in_memory[name], rtol=1e-5, atol=1e-6)  # another batch split: close
+        assert not list((studies_home / "_cache" / "features").glob(".*.tmp"))  # no half-written file left
+
+        def refuse(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        cache.STORE.clear()
+        monkeypatch.setattr(cache.FeatureStore, "folder", staticmethod(lambda: studies_home / "_cache" / "full"))
+        monkeypatch.setattr("builtins.open", refuse)
+        [kept] = cache.frozen_outputs(model, plan, [data.train.images], 32)
+        monkeypatch.undo()
+    assert "cannot persist features" in capsys.readouterr().out or "disk" in cache._announced
+    for name, value in kept.items():
+        assert not isinstance(value, np.memmap)
+        np.testing.assert_allclose(value, in_memory[name], rtol=1e-5, atol=1e-6)

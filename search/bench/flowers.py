@@ -203,7 +203,7 @@ def write_report(study, name, runs: dict[str, Path], search_s, total_s, budget_s
         c, s = r["config"], r["summary"]
         params = r["seeds"][0]["params_total"]
         freeze = get_strategy(c["freeze"]).describe(c)
-        value = r.get("trial_validation_accuracy")
+        value = None if r.get("overrides") else r.get("trial_validation_accuracy")  # an ablation: not the trial's
         std = r.get("trial_validation_std")
         shown = "—" if value is None else f"{value:.4f}" + (f" ± {std:.4f}" if std is not None else "")
         optimism = r.get("selection_optimism")

@@ -9,9 +9,10 @@ Per size, two fresh processes (python -m search.bench.scale <job>):
   1. the first use of the folder at that size: decodes it into the image store, then a head-only trial;
   2. a second process on the same folder: maps the store (its load time shows that it does not decode
      again), then a top-blocks trial with `augment: mirror` (the mirrors are a view, search.data.rows).
-Children share one image store and feature cache, <root>/home, emptied when the bench starts. The parent samples each child's /proc/<pid>/status every 0.1 s: peak RSS (VmHWM: every resident page,
-file-backed ones included) and peak anonymous RSS (the process's own memory; mapped feature-cache pages
-are file-backed: the kernel can drop them under pressure).
+Children share one image store and feature cache, <root>/home, emptied when the bench starts. The parent
+samples each child's /proc/<pid>/status every 0.1 s: peak RSS (VmHWM: every resident page, file-backed ones
+included) and peak anonymous RSS (the process's own memory; mapped feature-cache pages are file-backed: the
+kernel can drop them under pressure).
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def retrain(config_path: str | Path, seeds: int = 1, overrides=(), fit: str = "a
         "summary": summarize(records),
         "seeds": records,
     }
-    if report["trial_validation_accuracy"] is not None:
+    if report["trial_validation_accuracy"] is not None and not overrides:  # --set: not the trial's configuration
         report["selection_optimism"] = selection_optimism(report["trial_validation_accuracy"],
                                                           [r["test"]["accuracy"] for r in records])
     (run / "report.json").write_text(json.dumps(report, indent=1))

@@ -28,7 +28,7 @@ def _decay(cfg: TrialConfig):
 OPTIMIZERS: dict[str, OptimizerInfo] = {o.name: o for o in [
     OptimizerInfo("sgd", lambda k, cfg, lr: k.SGD(lr, momentum=cfg.momentum, weight_decay=_decay(cfg)), ("momentum",)),
     OptimizerInfo("adam", lambda k, cfg, lr: k.Adam(lr, weight_decay=_decay(cfg))),
-    OptimizerInfo("adamw", lambda k, cfg, lr: k.AdamW(lr, weight_decay=cfg.weight_decay)),
+    OptimizerInfo("adamw", lambda k, cfg, lr: k.AdamW(lr, weight_decay=cfg.weight_decay)),  # a number: None is refused
     OptimizerInfo("rmsprop", lambda k, cfg, lr: k.RMSprop(lr, weight_decay=_decay(cfg))),
 ]}
 

@@ -40,7 +40,6 @@ import tensorflow as tf
 from search.config import TrialConfig, studies_dir
 from search.data.rows import ImageRows
 from search.errors import UserError
-from search.files import atomic_path
 from search.models.augment import get_augmentation, get_mix
 from search.models.backbones import backbone_layers, get_backbone
 from search.models.build import get_backbone_model, trainable_range_start
@@ -238,22 +237,14 @@ class FeatureStore:
 
     def put(self, key: str, array: np.ndarray) -> np.ndarray:
         """Store an array; returns the one to use from now on (in auto mode, a large one's memory map)."""
-        mode = settings().mode
-        if mode == "disk" or (mode == "auto" and array.nbytes > AUTO_DISK_BYTES):
-            folder = self.folder()
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                with atomic_path(folder / f"{key}.npy") as tmp:  # another worker never reads half a file
-                    np.save(tmp, array)
-                trim(folder, settings().disk_bytes, keep=folder / f"{key}.npy")
-                if mode == "auto":
-                    array = np.load(folder / f"{key}.npy", mmap_mode="r")  # the RAM copy can go
-            except OSError as exc:  # a full or read-only disk costs the reuse, never the trial
-                if "disk" not in _announced:
-                    _announced.add("disk")
-                    print(f"warning: cannot persist features in {folder}: {exc.strerror}; keeping them in memory")
-        self._keep(key, array)
-        return array
+        try:
+            sink = _Sink(key, array.shape, array.dtype, self)
+            sink.write(0, array)
+            return sink.finish()
+        except _DiskFull as exc:  # a full or read-only disk costs the reuse, never the trial
+            _warn_disk(exc)
+            self._keep(key, array)
+            return array
 
     def _keep(self, key: str, array: np.ndarray) -> None:
         if isinstance(array, np.memmap):  # the page cache holds it, not this process: no budget needed
@@ -296,9 +287,9 @@ def trim(folder, budget: int, keep) -> None:
             f.unlink(missing_ok=True)
 
 
-def frozen_outputs(model: keras.Model, plan: Plan, splits: list[np.ndarray], batch_size: int) -> list[dict]:
+def frozen_outputs(model: keras.Model, plan: Plan, splits: list, batch_size: int) -> list[dict]:
     """Per image array: {"pool": pooled features, "cut": tensors at the cut}, as the plan needs them,
-    from the store or computed in one inference pass over all the arrays that miss (and stored)."""
+    from the store or computed in one inference pass over the arrays that miss (and stored)."""
     wanted = {"pool": None} if "features" in (plan.phase1, plan.phase2) else {}
     if plan.phase2 == "cut":
         wanted["cut"] = plan.cut
@@ -309,23 +300,100 @@ def frozen_outputs(model: keras.Model, plan: Plan, splits: list[np.ndarray], bat
         STORE.stats["misses"] += len(missing)
         started = time.perf_counter()
         net = extractor(model, plan.cut if "cut" in wanted else None)
-        computed = _predict(net, [splits[i] for i in missing], batch_size)
+        try:
+            computed = _predict(net, [splits[i] for i in missing], [keys[i] for i in missing], batch_size)
+        except _DiskFull as exc:  # a full or read-only disk costs the reuse, never the trial
+            _warn_disk(exc)
+            with using("memory", max_mb=settings().max_bytes // 2**20):
+                computed = _predict(net, [splits[i] for i in missing], [keys[i] for i in missing], batch_size)
         STORE.stats["computed_seconds"] += time.perf_counter() - started
         for i, outputs in zip(missing, computed):
-            for name, key in keys[i].items():
+            for name in keys[i]:
                 if found[i][name] is None:
-                    found[i][name] = STORE.put(key, outputs[name])
+                    found[i][name] = outputs[name]
     return found
 
 
-def _predict(net: keras.Model, arrays: list, batch_size: int) -> list[dict]:
+class _DiskFull(Exception):
+    pass
+
+
+def _warn_disk(exc) -> None:
+    if "disk" not in _announced:
+        _announced.add("disk")
+        print(f"warning: cannot persist features in {FeatureStore.folder()}: {exc}; keeping them in memory")
+
+
+class _Sink:
+    """Where one computed output goes: an array in memory, or, where it is large (auto) or the mode is disk, a
+    .npy file written batch by batch, so a large data set's tensors never sit in this process's memory; finish()
+    stores it (STORE) and returns the array to use."""
+
+    def __init__(self, key: str, shape: tuple, dtype, store: FeatureStore):
+        self.key, self.shape, self.dtype, self.store = key, shape, np.dtype(dtype), store
+        nbytes = int(np.prod(shape)) * self.dtype.itemsize
+        mode = settings().mode
+        self.file = None
+        if mode == "disk" or (mode == "auto" and nbytes > AUTO_DISK_BYTES):
+            self.path = FeatureStore.folder() / f"{key}.npy"
+            self.tmp = self.path.with_name(f".{key}.{os.getpid()}.tmp")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.file = open(self.tmp, "wb")
+                np.lib.format.write_array_header_1_0(self.file, {"descr": np.lib.format.dtype_to_descr(self.dtype),
+                                                                 "fortran_order": False, "shape": shape})
+            except OSError as exc:
+                self._drop()
+                raise _DiskFull(exc.strerror) from exc
+        self.array: np.ndarray | None = None
+
+    def write(self, start: int, value: np.ndarray) -> None:
+        if self.file is None:
+            if start == 0 and len(value) == self.shape[0]:  # the whole array at once (put): no copy
+                self.array = value
+                return
+            if self.array is None:
+                self.array = np.empty(self.shape, self.dtype)
+            self.array[start:start + len(value)] = value
+            return
+        try:
+            self.file.write(np.ascontiguousarray(value, self.dtype).data)  # in order: batches come one after another
+        except OSError as exc:
+            self._drop()
+            raise _DiskFull(exc.strerror) from exc
+
+    def _drop(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+        self.file = None
+        self.tmp.unlink(missing_ok=True)
+
+    def finish(self) -> np.ndarray:
+        if self.file is None:
+            self.store._keep(self.key, self.array)
+            return self.array
+        try:
+            self.file.close()
+            os.replace(self.tmp, self.path)  # another worker never reads half a file
+        except OSError as exc:
+            self._drop()
+            raise _DiskFull(exc.strerror) from exc
+        trim(self.path.parent, settings().disk_bytes, keep=self.path)
+        mapped = settings().mode == "auto" or self.path.stat().st_size > AUTO_DISK_BYTES  # as FeatureStore.get
+        array = np.load(self.path, mmap_mode="r" if mapped else None)
+        self.store._keep(self.key, array)
+        return array
+
+
+def _predict(net: keras.Model, arrays: list, keys: list[dict], batch_size: int) -> list[dict]:
     """The network's outputs for each image array, batch by batch: the images are read a batch at a time
-    (a view of the store: O(batch) memory) and each output lands in its own array. Every batch has one
-    shape (the last is padded), so the network is traced once (a smaller batch would trace it again)."""
+    (a view of the store: O(batch) memory) and each output goes to its _Sink. Every batch has one shape (the
+    last is padded), so the network is traced once (a smaller batch would trace it again)."""
     forward = tf.function(lambda x: net(tf.cast(x, tf.float32), training=False))
     results = []
-    for images in arrays:
-        outputs: dict[str, np.ndarray] = {}
+    for images, names in zip(arrays, keys):
+        sinks: dict[str, _Sink] = {}
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             n = len(chunk)
@@ -334,9 +402,11 @@ def _predict(net: keras.Model, arrays: list, batch_size: int) -> list[dict]:
             out = forward(chunk)
             named = dict(zip(("cut", "pool"), out)) if isinstance(out, (list, tuple)) else {"pool": out}
             for name, value in named.items():
+                if name not in names:
+                    continue
                 value = keras.ops.convert_to_numpy(value)
-                if name not in outputs:
-                    outputs[name] = np.empty((len(images), *value.shape[1:]), value.dtype)
-                outputs[name][start:start + n] = value[:n]
-        results.append(outputs)
+                if name not in sinks:
+                    sinks[name] = _Sink(names[name], (len(images), *value.shape[1:]), value.dtype, STORE)
+                sinks[name].write(start, value[:n])
+        results.append({name: sink.finish() for name, sink in sinks.items()})
     return results
