@@ -78,3 +78,13 @@ def test_the_digest_names_the_rows_not_the_object(store):
     changed = copy.copy()
     changed[0, 0, 0, 0] ^= 1
     assert ImageRows(changed, [0, 1]).digest() != ImageRows(copy, [0, 1]).digest()
+
+
+def test_reads_that_stop_short_are_continued(store, monkeypatch):
+    import os
+
+    decoded = load_images(store, 12)
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: real(fd, [buffers[0][:100]], offset))  # 100 B a call
+    view = ImageRows(decoded.images, np.arange(len(decoded.images)), file=decoded.file)
+    assert np.array_equal(np.asarray(view), np.array(decoded.images))

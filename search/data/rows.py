@@ -132,9 +132,12 @@ def _read_file(path: str, rows: np.ndarray, row_shape: tuple, dtype) -> np.ndarr
         runs = np.split(np.arange(len(rows)), np.flatnonzero(np.diff(ordered) != 1) + 1) if len(rows) else []
         for run in runs:  # consecutive rows: one read
             first = int(ordered[run[0]])
-            view = memoryview(buffer[run[0]:run[-1] + 1]).cast("B")
-            if os.preadv(fd, [view], first * row_bytes) != len(view):
-                raise OSError(f"{path}: short read at row {first}")
+            view, offset = memoryview(buffer[run[0]:run[-1] + 1]).cast("B"), first * row_bytes
+            while len(view):  # one call reads at most about 2 GiB on Linux: go on where it stopped
+                got = os.preadv(fd, [view], offset)
+                if got == 0:
+                    raise OSError(f"{path}: ends before row {offset // row_bytes}")
+                view, offset = view[got:], offset + got
     finally:
         os.close(fd)
     out = np.empty_like(buffer)
