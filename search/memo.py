@@ -1,4 +1,4 @@
-"""ArrayMemo: a value computed once per NumPy array object (its digest, its mirror images...).
+"""ArrayMemo: a value computed once per NumPy array object (its digest).
 
 Arrays are not hashable, and id() is reused once an array dies, so entries are keyed by id() and checked
 with a weak reference, which also drops an entry when its array is freed.
@@ -11,9 +11,7 @@ from typing import Callable
 
 
 class ArrayMemo:
-    def __init__(self, keep: int | None = None):
-        """keep: hold at most this many values (a doubled 224 px split is hundreds of MB); None: no limit."""
-        self.keep = keep
+    def __init__(self):
         self._items: dict[int, tuple[weakref.ref, object]] = {}
 
     def get(self, array, compute: Callable):
@@ -22,8 +20,6 @@ class ArrayMemo:
         if entry is not None and entry[0]() is array:
             return entry[1]
         value = compute(array)
-        if self.keep is not None and len(self._items) >= self.keep:
-            self._items.clear()
         self._items[key] = (weakref.ref(array, lambda _, k=key: self._items.pop(k, None)), value)
         return value
 

@@ -274,8 +274,12 @@ def dataset_split(spec: str, image_size: int, fractions, seed: int) -> tuple[np.
 
 
 def load_split(spec: str, image_size: int, fractions, seed: int, part: str) -> Split:
-    decoded = load_images(spec, image_size)
     idx = dict(zip(("train", "val", "test"), dataset_split(spec, image_size, fractions, seed)))[part]
+    return _rows_of(load_images(spec, image_size), idx)
+
+
+def _rows_of(decoded: Decoded, idx: np.ndarray) -> Split:
+    """Rows `idx` of a decoded data set, as a view."""
     return Split(ImageRows(decoded.images, idx, file=decoded.file), decoded.labels[idx])
 
 
@@ -309,10 +313,8 @@ def with_mirrors(split: Split) -> Split:
 def load_pool(spec: str, image_size: int, fractions: tuple, seed: int) -> Split:
     """Every non-test image (train + validation of the split) as one array, in index order: what
     cross-validation folds and the final refit use. The test part is the same as load_split's."""
-    decoded = load_images(spec, image_size)
     train, val, _ = dataset_split(spec, image_size, fractions, seed)
-    idx = np.sort(np.concatenate([train, val]))
-    return Split(ImageRows(decoded.images, idx, file=decoded.file), decoded.labels[idx])
+    return _rows_of(load_images(spec, image_size), np.sort(np.concatenate([train, val])))
 
 
 def make_dataset(split: Split, num_classes: int, batch_size: int, shuffle: bool, seed: int = 0):
