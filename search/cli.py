@@ -70,5 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished trials are stored; run the same command again to resume", file=sys.stderr)
+        print("interrupted: finished trials are stored, the running one is queued again; run the same command "
+              "again to resume", file=sys.stderr)
         return signals.exit_code()

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from search.errors import UserError
+
 
 @dataclass(frozen=True)
 class TrialConfig:
@@ -94,6 +96,19 @@ def valid_study_name(name) -> bool:
     return isinstance(name, str) and bool(name) and not any(c in name for c in "/\\:") and not name.startswith(".")
 
 
+def check_study_name(name, what: str = "study name") -> str:
+    """The name, or a one-line UserError: every path made from a study name goes through here."""
+    if not valid_study_name(name):
+        raise UserError(f"{what} {name!r} is not usable as a study name (a file name: no / \\ or :, no leading dot)")
+    return name
+
+
+def study_dir(name: str) -> Path:
+    """studies_dir()/<name>: every output of a study (artifacts, exports, retrained runs, reports) lives here,
+    whatever storage holds the study: never beside a store the user pointed to, which may be a data folder."""
+    return studies_dir() / check_study_name(name)
+
+
 def default_storage_url(study_name: str) -> str:
     """Where a study lives when no storage is given: one SQLite file in studies_dir()."""
-    return f"sqlite:///{studies_dir() / study_name}.db"
+    return f"sqlite:///{studies_dir() / check_study_name(study_name)}.db"

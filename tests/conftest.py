@@ -23,6 +23,13 @@ def fresh_keras_session():
     keras.backend.clear_session()
 
 
+def make_env(**extra) -> dict:
+    """The environment for a `make` child: without the caller's ARGS (`make test ARGS=--durations=25` would pass
+    them to the child's command) or make's own MAKEFLAGS / MFLAGS / MAKELEVEL (a parent's -j, -s, variables)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ARGS", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return {**env, **extra}
+
+
 def write(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -22,6 +22,7 @@ from optuna_dashboard import get_note
 from search.cli import main
 from search.config import TrialConfig, studies_dir
 from search.data.datasets import load_search_data
+from search.errors import UserError
 from search.report.html import write_html_report
 from search.study.artifacts import ArtifactReporter, artifact_dir
 from search.study.run import _storage
@@ -172,7 +173,13 @@ def test_each_trial_has_its_artifacts_in_the_dashboard(live):
     assert [r[0] for r in rows] == ["class", *data.class_names, "macro"]
     assert [int(r[4]) for r in rows[1:]] == [*np.bincount(data.val.labels), len(data.val)]  # support per class
     # the files live where `python -m search dashboard` looks for them: beside the SQLite file
-    assert len(list(artifact_dir(live.url, "dash").iterdir())) == 4
+    assert len(list(artifact_dir("dash").iterdir())) == 4
+
+
+def test_the_dashboard_names_the_objective(live):
+    """`make study` names the objective of the study the dashboard shows: val_accuracy, not "Objective 0"."""
+    assert live.study.metric_names == ["val_accuracy"]
+    assert _get_json(f"{live.base}/api/studies/{live.study_id}?after=0")["objective_names"] == ["val_accuracy"]
 
 
 def test_notes_say_why_a_trial_ended_and_what_the_study_is(live):
@@ -209,9 +216,10 @@ def test_failed_trial_gets_a_note_with_the_reason(tmp_path):
     assert get_all_artifact_meta(trial, storage=storage) == []  # no epoch finished: no curve to draw
 
 
-def test_artifact_dir_sits_beside_the_sqlite_file():
-    assert artifact_dir("sqlite:////data/x/s.db", "s") == Path("/data/x/s/artifacts")
-    assert artifact_dir("postgresql://u@h/db", "s") == studies_dir() / "s" / "artifacts"
+def test_artifact_dir_is_in_the_studies_folder_whatever_the_storage():
+    assert artifact_dir("s") == studies_dir() / "s" / "artifacts"  # never beside a SQLite file (a data folder?)
+    with pytest.raises(UserError, match="'../s' is not usable as a study name"):
+        artifact_dir("../s")
 
 
 # ------------------------------------------------------------------------------------ progress, report
@@ -272,7 +280,7 @@ def test_dashboard_command_rejects_bad_input_and_creates_nothing(live, tmp_path,
 
 def test_report_html_command_writes_beside_the_study(live, capsys):
     assert main(["report-html", "--study", "dash", "--storage", live.url]) == 0
-    out = live.folder / "dash" / "report.html"
+    out = studies_dir() / "dash" / "report.html"
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert "<h1>Study dash</h1>" in out.read_text()
 
@@ -294,6 +302,8 @@ def test_browser_opens_a_trial_and_sees_its_artifacts(live, tmp_path):
             page.goto(f"{live.base}/dashboard/")
             page.get_by_role("link", name=re.compile(r"\bdash\b")).click()  # the study list
             expect(page).to_have_url(re.compile(rf"/dashboard/studies/{live.study_id}$"))
+            expect(page.get_by_text("val_accuracy").first).to_be_visible()  # the objective's name, in the plots
+            expect(page.get_by_text("Objective 0")).to_have_count(0)
             page.get_by_role("link", name="Trials (List)").click()
             page.get_by_role("button", name=re.compile(r"^Trial 0")).click()
             for name in ("trial_0_learning_curve.png", "trial_0_confusion_matrix.png", "trial_0_per_class_metrics.csv"):

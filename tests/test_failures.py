@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from search.cli import main
-from tests.conftest import write
+from tests.conftest import make_env, write
 
 TINY = """
 study: {{name: {name}, n_trials: {n_trials}, sampler: {{type: random}}, pruner: {{type: none}}, validation: {{folds: 1}}}}
@@ -40,9 +41,11 @@ params:
 
 def tiny_space(tmp_path, name="base", n_trials=1, dataset="builtin:shapes", backbone="tiny_cnn",
                weights="builtin", extra="", file="space.yaml"):
-    text = TINY.format(name=name, n_trials=n_trials, dataset=dataset, backbone=backbone, weights=weights,
-                       extra=extra)
-    return write(tmp_path / file, text)
+    text = TINY.format(name=name, n_trials=n_trials, dataset=dataset, backbone=backbone, weights=weights, extra="")
+    # a param in `extra` replaces the template's line (a key given twice is refused, as a user's would be)
+    given = {line.split(":")[0] for line in extra.split("enqueue:")[0].splitlines() if line.startswith("  ")}
+    kept = [line for line in text.rstrip().splitlines() if line.split(":")[0] not in given]
+    return write(tmp_path / file, "\n".join(kept) + "\n" + extra)
 
 
 def snapshot(storage: str, name: str = "base"):
@@ -99,8 +102,10 @@ def test_bad_space(case, tmp_path, capsys, stored):
     line, message = SPACE_CASES[case]
     text = TINY.format(name="base", n_trials=1, dataset="builtin:shapes", backbone="tiny_cnn",
                        weights="builtin", extra="")
-    # a later key of the same name wins in YAML mappings, so the bad line overrides the good one
-    path = write(tmp_path / "bad.yaml", text.rstrip() + "\n" + line)
+    # the bad line replaces the param's own line (a key given twice is refused: test_a_key_given_twice...)
+    key = line.split(":")[0]
+    kept = [row for row in text.rstrip().splitlines() if row.split(":")[0] != key]
+    path = write(tmp_path / "bad.yaml", "\n".join(kept) + "\n" + line)
     expect_user_error(["study", "--space", str(path)], capsys, stored, message)
 
 
@@ -135,7 +140,7 @@ def image_folder(root, counts, size=(24, 24)):
     ("empty folder", "has 0 class sub-folder"),
     ("single class", "has 1 class sub-folder"),
     ("class without images", "has no images"),
-    ("class too small for the split", "too few for the split"),
+    ("class too small for the split", "class 'b' has 2 image(s): too few for the split"),
 ])
 def test_bad_data(layout, message, tmp_path, capsys, stored):
     root = tmp_path / "data"
@@ -300,14 +305,22 @@ def test_signal_during_a_trial_closes_it_and_a_resume_continues(sig, code, tmp_p
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
-    assert "run the same command again to resume" in err
+    # one line, no Optuna "Trial N failed ... KeyboardInterrupt" with its stack (TensorFlow's start-up lines apart)
+    said = [line for line in err.strip().splitlines() if not re.match(r"(WARNING: All log messages|I0000 )", line)]
+    assert said == ["interrupted: finished trials are stored, the running one is queued again; run the same "
+                    "command again to resume"], err
     study = optuna.load_study(study_name="sig", storage=storage)
     assert all(t.state != optuna.trial.TrialState.RUNNING for t in study.trials)  # nothing left dangling
-    assert study.trials[-1].state == optuna.trial.TrialState.FAIL
+    stopped, queued = study.trials[-2:]
+    assert stopped.state == optuna.trial.TrialState.FAIL  # Optuna has no "interrupted" state; `ended` says it
+    assert stopped.user_attrs["ended"] == f"interrupted ({sig.name}): queued again for the next run"
+    assert queued.state == optuna.trial.TrialState.WAITING and queued.params == stopped.params
     n_before = len(study.trials)
     short = tiny_space(tmp_path, name="sig", n_trials=1, extra=extra, file="space.yaml")
     assert main(["study", "--space", str(short), "--storage", storage, "--n-trials", "1", "--timeout", "1"]) == 0
-    assert len(optuna.load_study(study_name="sig", storage=storage).trials) == n_before + 1
+    study = optuna.load_study(study_name="sig", storage=storage)
+    assert len(study.trials) == n_before  # the resume ran the queued copy: the interrupted config again
+    assert study.trials[-1].state.is_finished() and study.trials[-1].params == stopped.params
 
 
 # -------------------------------------------------------------------------------------------- storage
@@ -409,10 +422,13 @@ def test_disk_full_while_saving_a_model(best_yaml, tmp_path, capsys, monkeypatch
     assert (sorted(p.name for p in runs.glob("run-*")) if runs.exists() else []) == before  # no half run
 
 
-def test_a_study_name_is_never_run_as_shell(tmp_path):
+def test_a_study_name_is_never_run_as_shell(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    env = {**os.environ, "TRANSFER_SEARCH_HOME": str(tmp_path)}
+    # as under `make test ARGS=--durations=25`: the caller's ARGS and MAKEFLAGS must not reach the child
+    monkeypatch.setenv("ARGS", "--durations=25")
+    monkeypatch.setenv("MAKEFLAGS", "s -- ARGS=--durations=25")
+    env = make_env(TRANSFER_SEARCH_HOME=str(tmp_path))
     proc = subprocess.run(["make", "-s", "export", f"STUDY=x; touch {marker}"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from search.config import studies_dir
+from search.config import study_dir
 from search.data.folds import study_folds
 from search.deliver.export import export
 from search.deliver.retrain import retrain
@@ -115,7 +115,7 @@ def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baselin
         winner = yaml.safe_load(Path(best_yaml).read_text())["params"]
         for label, override in ablations(winner).items():
             runs[label] = retrain(best_yaml, seeds, overrides=[override], fit=fit)
-    folder = studies_dir() / name / "baselines"
+    folder = study_dir(name) / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
     for label, params in baselines(data, weights, baseline_size).items():
         path = folder / (label.split(":")[1].strip().replace(" ", "_").replace(",", "").replace("+", "") + ".yaml")
@@ -180,7 +180,7 @@ def seeds_words(reports: dict) -> str:
 def write_report(study, name, runs: dict[str, Path], search_s, total_s, budget_s, data) -> Path:
     import optuna
 
-    folder = studies_dir() / name
+    folder = study_dir(name)
     _curve_plot(study, folder / "best_so_far.png")
     reports = {label: json.loads((run / "report.json").read_text()) for label, run in runs.items()}
     states = [t.state for t in study.trials]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from search.bench.flowers import baselines
-from search.config import studies_dir
+from search.config import study_dir
 from search.data.folds import mean_std
 from search.deliver.export import export
 from search.deliver.retrain import retrain
@@ -34,7 +34,7 @@ MODES = {"single split": 1, "cross-validated": "auto"}
 def one_study(space_path: str, sets: list[str], mode, seed: int, budget_s: float, top: int, name: str) -> dict:
     """Study, export, retrains; the row is kept in studies/<name>/selection_row.json, and a rerun of the bench
     with the same names reuses it (an interrupted bench resumes at the first study not finished)."""
-    done = studies_dir() / name / "selection_row.json"
+    done = study_dir(name) / "selection_row.json"
     if done.is_file():
         print(f"{name}: done before, reusing {done}", flush=True)
         return json.loads(done.read_text())
@@ -75,7 +75,7 @@ def baseline_runs(data: str, weights: str, name: str, seeds: int = 3) -> dict:
     """The seeds' recipes at their own 224 px, retrained as the winners are (--fit all)."""
     import yaml
 
-    folder = studies_dir() / name / "baselines"
+    folder = study_dir(name) / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
     for i, (label, params) in enumerate(baselines(data, weights, 224).items()):
@@ -95,7 +95,7 @@ def run(space_path: str, data: str | None, weights: str | None, budget_s: float,
     base = baseline_runs(data, weights, name) if with_baselines else {}
     result = {"space": space_path, "data": data, "weights": weights, "budget_s": budget_s, "top": top,
               "total_s": round(time.perf_counter() - started, 1), "studies": rows, "baselines": base}
-    folder = studies_dir() / name
+    folder = study_dir(name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "selection.json").write_text(json.dumps(result, indent=1))
     path = folder / "selection.md"

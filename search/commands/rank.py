@@ -12,7 +12,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import csv
 
-    from search.config import studies_dir
+    from search.config import study_dir
     from search.space import load_space
     from search.training.rank import markdown, rank_space
 
@@ -20,7 +20,7 @@ def run(args) -> int:
     rows = rank_space(space)
     table = markdown(rows)
     print(table)
-    folder = studies_dir() / space.study.name
+    folder = study_dir(space.study.name)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "rank.md").write_text(table + "\n")
     with open(folder / "rank.csv", "w", newline="") as f:

@@ -16,6 +16,6 @@ def run(args) -> int:
     from search.study.storage import open_existing_study
 
     study, storage_url = open_existing_study(args.study, args.storage)
-    out = write_html_report(study, args.out or artifact_dir(storage_url, args.study).parent / "report.html")
+    out = write_html_report(study, args.out or artifact_dir(args.study).parent / "report.html")
     print(f"wrote {out}")
     return 0

@@ -95,7 +95,7 @@ def run(args) -> int:
     if args.n_trials:
         added, queued = queue_trials(study, args.n_trials)
         print(f"{me} queued {added} new trial(s); {queued} in the queue", flush=True)
-    reporter = ArtifactReporter(artifact_dir(url, space.study.name))
+    reporter = ArtifactReporter(artifact_dir(space.study.name))
     started, done = time.perf_counter(), []
 
     def line(study, trial):

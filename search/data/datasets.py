@@ -21,6 +21,7 @@ without starting TensorFlow.
 from __future__ import annotations
 
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,19 +128,43 @@ def _load_folder(root: Path, size: int) -> Decoded:
         return _load_parts(root, classes, size)  # never read train/ and test/ as two classes
     if len(classes) < 2:
         raise UserError(f"dataset folder {str(root)!r} has {len(classes)} class sub-folder(s); need at least 2")
-    files, labels = _class_files(root, classes)
-    return _decode(files, labels, [0] * len(files), classes, size, str(root), has_parts=False)
+    files, labels, ignored = _class_files(root, classes)
+    return _decode(files, labels, [0] * len(files), classes, size, str(root), has_parts=False, ignored=ignored)
 
 
-def _class_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
-    files, labels = [], []
+def _class_files(root: Path, classes: list[str]) -> tuple[list[Path], list[int], int]:
+    """Every image under each class folder, sub-folders included (as Keras' image_dataset_from_directory
+    reads them): (files, labels, other files skipped for their suffix)."""
+    files, labels, ignored = [], [], 0
     for label, name in enumerate(classes):
-        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        found, others = image_files(root / name)
         if not found:
             raise UserError(f"class folder {str(root / name)!r} has no images")
         files += found
         labels += [label] * len(found)
-    return files, labels
+        ignored += others
+    return files, labels, ignored
+
+
+def image_files(folder: Path) -> tuple[list[Path], int]:
+    """(image files under `folder` at any depth, sorted; how many other files were passed over). Hidden files
+    and folders (.ipynb_checkpoints, .DS_Store) stay out; a symlinked folder is read once, so a loop ends."""
+    found, others, seen = [], 0, set()
+    for here, folders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:
+            folders[:] = []  # a symlink back to a folder already read
+            continue
+        seen.add(real)
+        folders[:] = sorted(f for f in folders if not f.startswith("."))
+        for name in names:
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                found.append(Path(here) / name)
+            else:
+                others += 1
+    return sorted(found), others
 
 
 def _load_parts(root: Path, parts: list[str], size: int) -> Decoded:
@@ -158,13 +183,14 @@ def _load_parts(root: Path, parts: list[str], size: int) -> Decoded:
             where = "only in" if odd in theirs else "missing from"
             raise UserError(f"dataset folder {str(root)!r}: class {odd!r} is {where} {part}/; every part needs the "
                             f"same class folders as train/ ({', '.join(classes)})")
-    files, labels, given = [], [], []
+    files, labels, given, ignored = [], [], [], 0
     for part in sorted(parts, key=PART_FOLDERS.get):
-        found, found_labels = _class_files(root / part, classes)
+        found, found_labels, others = _class_files(root / part, classes)
+        ignored += others
         files += found
         labels += found_labels
         given += [PART_FOLDERS[part]] * len(found)
-    return _decode(files, labels, given, classes, size, str(root), has_parts=True)
+    return _decode(files, labels, given, classes, size, str(root), has_parts=True, ignored=ignored)
 
 
 def _load_csv(path: Path, size: int):
@@ -195,8 +221,9 @@ def _load_csv(path: Path, size: int):
 
 
 def _decode(files: list[Path], labels: list[int], parts: list[int], classes: list[str], size: int, what: str,
-            has_parts: bool) -> Decoded:
-    """Decode the files once into the on-disk store (search/data/image_store.py), or map them from it."""
+            has_parts: bool, ignored: int = 0) -> Decoded:
+    """Decode the files once into the on-disk store (search/data/image_store.py), or map them from it.
+    ignored: files passed over before decoding (not images by their suffix), for the data summary."""
 
     def rows():
         with ThreadPoolExecutor(max_workers=4) as pool:  # PIL decodes outside the GIL; a chunk at a time in memory
@@ -206,7 +233,8 @@ def _decode(files: list[Path], labels: list[int], parts: list[int], classes: lis
                     yield image, labels[i], parts[i], str(files[i])
 
     identity = ["files", file_facts(files), labels, parts if has_parts else None]
-    return stored(identity, len(files), size, classes, rows, what, has_parts)
+    decoded = stored(identity, len(files), size, classes, rows, what, has_parts)
+    return decoded._replace(skipped=decoded.skipped + ignored)
 
 
 def _load_tfds(name: str, size: int):
@@ -233,23 +261,23 @@ def _load_tfds(name: str, size: int):
                   info.features["label"].names, rows, f"tfds:{name}")
 
 
-def split_indices(labels: np.ndarray, fractions, seed: int, parts: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(labels: np.ndarray, fractions, seed: int, parts: np.ndarray | None = None,
+                  classes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Stratified train/val/test indices; every class gets at least one image in every part. `parts` (a
     pre-split folder's, search.data.image_store.Decoded): the given parts as they are; a part the folder does
-    not have is cut from its train part, by the fractions."""
+    not have is cut from its train part, by the fractions. classes: names for messages (a folder, a CSV label)."""
     if parts is None:
-        return _stratified(labels, fractions, seed)
+        return _stratified(labels, fractions, seed, classes)
     given = [np.flatnonzero(parts == p) for p in (0, 1, 2)]
     missing = [len(g) == 0 for g in given]
     if missing[1] or missing[2]:
         carve = [fractions[0], fractions[1] if missing[1] else 0.0, fractions[2] if missing[2] else 0.0]
-        cut = _stratified(labels[given[0]], [f / sum(carve) for f in carve], seed)
+        cut = _stratified(labels[given[0]], [f / sum(carve) for f in carve], seed, classes)
         given = [given[0][cut[0]]] + [given[0][cut[p]] if missing[p] else given[p] for p in (1, 2)]
     return tuple(given)  # type: ignore[return-value]
 
 
-def _stratified(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stratified(labels: np.ndarray, fractions, seed: int, classes=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     parts: tuple[list, list, list] = ([], [], [])
     for label in np.unique(labels):
@@ -258,8 +286,9 @@ def _stratified(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray, n
         n_test = int(round(len(idx) * fractions[2]))
         n_train = len(idx) - n_val - n_test
         if min(n for n, f in zip((n_train, n_val, n_test), fractions) if f > 0) < 1:
+            name = repr(classes[int(label)]) if classes is not None else str(int(label))
             raise UserError(
-                f"class {int(label)} has {len(idx)} image(s): too few for the split {list(fractions)} "
+                f"class {name} has {len(idx)} image(s): too few for the split {list(fractions)} "
                 f"(every class needs at least one image in train, validation and test)")
         parts[0].append(idx[:n_train])
         parts[1].append(idx[n_train:n_train + n_val])
@@ -270,7 +299,26 @@ def _stratified(labels: np.ndarray, fractions, seed: int) -> tuple[np.ndarray, n
 def dataset_split(spec: str, image_size: int, fractions, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The data set's train/val/test indices: its own split where it comes split, else split_indices'."""
     decoded = load_images(spec, image_size)
-    return split_indices(decoded.labels, fractions, seed, decoded.parts)
+    return split_indices(decoded.labels, fractions, seed, decoded.parts, decoded.classes)
+
+
+def data_summary(spec: str, image_size: int, fractions, seed: int, folds: int = 1) -> str:
+    """One line of what was read: images and classes, the smallest and largest class, files skipped, and the
+    train / validation / test sizes (or the folds' over the non-test images)."""
+    decoded = load_images(spec, image_size)
+    counts = np.bincount(decoded.labels, minlength=len(decoded.classes))
+    small, large = int(np.argmin(counts)), int(np.argmax(counts))
+    train, val, test = dataset_split(spec, image_size, fractions, seed)
+    skipped = f", {decoded.skipped} file(s) skipped" if decoded.skipped else ""
+    if folds > 1:
+        pool = len(train) + len(val)
+        parts = f"{folds} folds of about {pool // folds} over {pool} non-test images, {len(test)} test"
+    else:
+        parts = f"{len(train)} train / {len(val)} validation / {len(test)} test"
+    given = " (the folder's own train/val/test parts)" if decoded.parts is not None else ""
+    return (f"data: {len(decoded.labels)} images in {len(decoded.classes)} classes from {spec} (smallest "
+            f"{decoded.classes[small]!r}: {counts[small]}, largest {decoded.classes[large]!r}: {counts[large]})"
+            f"{skipped}; {parts}{given}")
 
 
 def load_split(spec: str, image_size: int, fractions, seed: int, part: str) -> Split:

@@ -9,7 +9,8 @@ shared between processes and given back under memory pressure.
 
 The key is the data set's content: every file's path, size and modification time, its label and given part,
 the class names and the image size (KEY_VERSION too). Change, add or remove one image and the key changes:
-nothing stale is ever read. Old entries stay until deleted (`rm -r studies/_cache/images`).
+nothing stale is ever read. Old entries stay until deleted (`rm -r studies/_cache/images`). An entry is checked
+each time it is loaded (files present, sizes as meta.json says); a damaged one is decoded again, with a warning.
 
 TRANSFER_SEARCH_IMAGE_CACHE = disk (default) | memory: memory decodes into RAM per process, as before.
 A folder is written under a temporary name and renamed when complete, so a reader never sees half of it
@@ -41,6 +42,7 @@ class Decoded(NamedTuple):
     classes: tuple[str, ...]
     parts: np.ndarray | None  # int8 [N]: 0 train, 1 validation, 2 test, where the data set comes split; else None
     file: str | None = None  # the stored raw file `images` maps (search.data.rows reads batches from it)
+    skipped: int = 0  # files left out: unreadable images (and, from a folder's listing, files that are not images)
 
 
 Row = tuple  # (uint8 image [size, size, 3] or None when unreadable, label, part, name for messages)
@@ -83,10 +85,16 @@ def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterat
             images[i] = image
 
         labels, parts, keep = _decode(n, put, rows(), what)
-        return Decoded(images if len(keep) == n else images[keep], labels, classes, parts if has_parts else None)
+        return Decoded(images if len(keep) == n else images[keep], labels, classes, parts if has_parts else None,
+                       skipped=n - len(keep))
     folder = folder_of(key_of([*identity, size, list(classes)]))
-    if (folder / "meta.json").is_file():
-        return _load(folder)
+    if folder.exists():
+        damage = damaged(folder)
+        if damage is None:
+            return _load(folder)
+        # a full disk, a killed copy, a partial rm: never read it as data; decode again in its place
+        print(f"warning: decoded-image store {folder} is damaged ({damage}); decoding {what} again", flush=True)
+        _discard(folder)
     tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -98,7 +106,7 @@ def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterat
         if has_parts:
             np.save(tmp / "parts.npy", parts)
         (tmp / "meta.json").write_text(json.dumps({"classes": list(classes), "what": what, "images": len(keep),
-                                                   "size": size}))
+                                                   "size": size, "parts": has_parts, "skipped": n - len(keep)}))
         try:
             os.replace(tmp, folder)
         except OSError:  # another process stored it first: theirs is the same content
@@ -108,12 +116,48 @@ def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterat
     return _load(folder)
 
 
+def damaged(folder: Path) -> str | None:
+    """What is wrong with a stored entry (a file missing, a size that disagrees with meta.json), or None."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        n, size = int(meta["images"]), int(meta["size"])
+        tuple(meta["classes"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"meta.json unreadable: {type(exc).__name__}"
+    images = folder / "images.u8"
+    if not images.is_file():
+        return "images.u8 missing"
+    if images.stat().st_size != n * size * size * 3:
+        return f"images.u8 has {images.stat().st_size} bytes, meta.json says {n * size * size * 3}"
+    wanted = ["labels.npy"] + (["parts.npy"] if meta.get("parts") else [])
+    for name in wanted:
+        try:
+            length = len(np.load(folder / name, mmap_mode="r"))
+        except FileNotFoundError:
+            return f"{name} missing"
+        except (OSError, ValueError, EOFError) as exc:
+            return f"{name} unreadable: {type(exc).__name__}"
+        if length != n:
+            return f"{name} has {length} rows, meta.json says {n}"
+    return None
+
+
+def _discard(folder: Path) -> None:
+    """Move a damaged entry out of the way (renamed first: a process mapping it keeps its pages), then delete it."""
+    aside = folder.with_name(f".{folder.name}.{os.getpid()}.damaged")
+    try:
+        os.replace(folder, aside)
+    except OSError:
+        return  # another process moved it already
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _load(folder: Path) -> Decoded:
     meta = json.loads((folder / "meta.json").read_text())
     parts, file = folder / "parts.npy", folder / "images.u8"
     images = np.memmap(file, np.uint8, mode="r", shape=(meta["images"], meta["size"], meta["size"], 3))
     return Decoded(images, np.load(folder / "labels.npy"), tuple(meta["classes"]),
-                   np.load(parts) if parts.is_file() else None, str(file))
+                   np.load(parts) if parts.is_file() else None, str(file), meta.get("skipped", 0))
 
 
 def _decode(n: int, put: Callable, rows: Iterator[Row], what: str):

@@ -22,7 +22,7 @@ import numpy as np
 import optuna
 import yaml
 
-from search.config import TrialConfig, studies_dir
+from search.config import TrialConfig, study_dir
 from search.data.datasets import dataset_split, load_images
 from search.errors import UserError
 from search.models import tiny_cnn
@@ -42,7 +42,7 @@ VERSIONED = ("tensorflow", "tensorflow-cpu", "keras", "optuna", "numpy", "scikit
 
 def output_dir(name: str) -> Path:
     """studies/<study>/: where export, retrain and report write."""
-    return studies_dir() / name
+    return study_dir(name)
 
 
 # --------------------------------------------------------------------------------------- fingerprints
@@ -278,6 +278,8 @@ def trials_table(study: optuna.Study):
                                        "duration", "params", "user_attrs"))
     if df.empty:
         return df
+    if len(study.directions) == 1 and study.metric_names:  # named objective: value_val_accuracy, as before
+        df = df.rename(columns={f"value_{study.metric_names[0]}": "value"})
     if "duration" in df:
         df["duration"] = df["duration"].dt.total_seconds()
         df = df.rename(columns={"duration": "duration_s"})

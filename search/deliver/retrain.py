@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from search.config import TrialConfig, studies_dir
+from search.config import TrialConfig, study_dir
 from search.data.datasets import load_pool, load_search_data, load_split
 from search.data.folds import best_finetune_epochs, selection_optimism
 from search.deliver.export import check_fingerprints, library_versions
@@ -95,7 +95,7 @@ def retrain(config_path: str | Path, seeds: int = 1, overrides=(), fit: str = "a
     data = load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)
     test = load_split(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed, "test")
     study = exported.get("study") or space.study.name
-    run = new_run_dir(studies_dir() / study / "retrain")
+    run = new_run_dir(study_dir(study) / "retrain")
     if overrides:  # the config as retrained, so the run can be replayed (and export-tflite reads it back)
         (run / "config.yaml").write_text(yaml.safe_dump(space.raw, sort_keys=False))
     else:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from search.config import studies_dir
+from search.config import study_dir
 from search.data.datasets import load_split, make_dataset
 from search.deliver.export import check_fingerprints, library_versions
 from search.deliver.retrain import load_config
@@ -60,7 +60,7 @@ def find_run(config_path: str | Path, run: str | None = None) -> tuple[Path, obj
         raise UserError(f"config {str(config_path)!r} not found (`make export STUDY=<name>` writes one)")
     space, cfg = load_config(config_path)
     study = space.exported.get("study") or space.study.name
-    parent = studies_dir() / study / "retrain"
+    parent = study_dir(study) / "retrain"
     hint = f"run `make retrain CONFIG={config_path}` first"
     runs = sorted((p for p in parent.glob("run-*") if p.name[4:].isdigit() and p.is_dir()),
                   key=lambda p: int(p.name[4:]))

@@ -18,6 +18,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from search.config import valid_study_name
 from search.errors import UserError
 from search.study.artifacts import artifact_dir
 from search.study.storage import find_study, shown
@@ -32,13 +33,15 @@ class StudiesArtifactStore:
 
     def __init__(self, storage: optuna.storages.BaseStorage, storage_url: str, study_name: str):
         self.storage, self.storage_url = storage, storage_url
-        self.home_dir = _mkdir(artifact_dir(storage_url, study_name))
+        self.home_dir = _mkdir(artifact_dir(study_name))
         self.home = FileSystemArtifactStore(self.home_dir)
 
     def _stores(self):
         yield self.home
         for study in self.storage.get_all_studies():
-            folder = artifact_dir(self.storage_url, study.study_name)
+            if not valid_study_name(study.study_name):  # made by another tool: it has no folder of ours
+                continue
+            folder = artifact_dir(study.study_name)
             if folder.is_dir() and folder != self.home_dir:
                 yield FileSystemArtifactStore(folder)
 
@@ -92,7 +95,7 @@ def serve(study_name: str, storage: str | None, host: str, port: int) -> None:
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror}; pick another --port") from None
     where = f"[{host}]" if ":" in host else host
     print(f"optuna-dashboard for study {study_name!r} ({shown(storage_url)}, artifacts in "
-          f"{artifact_dir(storage_url, study_name)}):", flush=True)
+          f"{artifact_dir(study_name)}):", flush=True)
     print(f"  http://{where}:{server.server_port}/dashboard/studies/{study_id}", flush=True)
     print("Ctrl-C to stop.", file=sys.stderr, flush=True)
     try:

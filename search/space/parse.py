@@ -35,7 +35,9 @@ def load_space(path: str | os.PathLike, overrides: list[str] = ()) -> Space:
     if not path.is_file():
         raise UserError(f"space file {str(path)!r} not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_text()
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), path)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -43,6 +45,23 @@ def load_space(path: str | os.PathLike, overrides: list[str] = ()) -> Space:
     if overrides and isinstance(raw, dict):
         raw = _apply_overrides(raw, overrides)
     return parse_space(raw, str(path))
+
+
+def _refuse_duplicate_keys(node, path: Path, where: str = "") -> None:
+    """YAML lets a later key silently replace an earlier one (two `optimizer:` lines): refuse it, naming both."""
+    if isinstance(node, yaml.MappingNode):
+        lines: dict = {}
+        for key, value in node.value:
+            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.start_mark)
+            full = f"{where}.{name}" if where else name
+            if name in lines:
+                raise UserError(f"{path}: {full}: given twice, at lines {lines[name]} and {key.start_mark.line + 1}; "
+                                f"keep one")
+            lines[name] = key.start_mark.line + 1
+            _refuse_duplicate_keys(value, path, full)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, path, f"{where}[{i}]")
 
 
 def _apply_overrides(raw: dict, overrides) -> dict:

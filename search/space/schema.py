@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from search.config import DEFAULTS, TrialConfig, default_storage_url
+from search.config import DEFAULTS, TrialConfig, check_study_name, default_storage_url
 from search.models.augment import AUGMENTATIONS, MIXES
 from search.models.backbones import BACKBONES
 from search.models.freezing import FREEZING
@@ -128,6 +128,8 @@ class Space:
     def with_study(self, **changes) -> "Space":
         """The same space with study settings overridden (command-line flags)."""
         settings = {k: v for k, v in changes.items() if v is not None}
+        if "name" in settings:
+            check_study_name(settings["name"], "--name")
         study = StudySettings(**{**self.study.__dict__, **settings})
         return Space(self.source, study, self.params, self.enqueue, self.raw)
 

@@ -7,7 +7,7 @@
   trial_<n>_per_class_metrics.csv  completed trials only: precision, recall, F1, support per class
 and saves a trial note (optuna_dashboard.save_note) saying why a trial failed or was pruned.
 `save_study_note` writes the study's note: space, dataset, split sizes, class names.
-The files live in a FileSystemArtifactStore beside the SQLite file (`artifact_dir`), which is where
+The files live in a FileSystemArtifactStore in studies/<study>/artifacts (`artifact_dir`), which is where
 `python -m search dashboard` looks for them.
 """
 
@@ -23,7 +23,7 @@ import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna_dashboard import get_note, save_note
 
-from search.config import studies_dir
+from search.config import study_dir
 from search.data.datasets import load_search_data
 from search.data.folds import study_folds
 from search.plots import confusion_matrix_figure, learning_curve_figure
@@ -31,13 +31,12 @@ from search.space import Param
 from search.study import warm_start
 from search.study.prerank import note_section
 from search.study.record import TrialRecord
-from search.study.storage import file_path, is_sqlite
 
 
-def artifact_dir(storage_url: str, study_name: str) -> Path:
-    """<folder of the SQLite file>/<study>/artifacts; studies_dir()/<study>/artifacts for other storages."""
-    path = file_path(storage_url) if is_sqlite(storage_url) else None
-    return (path.parent if path is not None else studies_dir()) / study_name / "artifacts"
+def artifact_dir(study_name: str) -> Path:
+    """studies_dir()/<study>/artifacts, whatever the storage: a SQLite file may sit in a user's data folder,
+    whose next study would read an artifacts/ folder there as a class."""
+    return study_dir(study_name) / "artifacts"
 
 
 def write_per_class_csv(metrics: dict, path: Path) -> None:

@@ -56,6 +56,7 @@ class Objective:
         most = lambda name: max([*space.values(name), *(e[name] for e in space.enqueue if name in e)])  # noqa: E731
         self.fold_step0 = most("warmup_epochs") + most("finetune_epochs")
         self.fold = 0  # the fold being trained (cross-validated trials), for the `ended` message
+        self.interrupted: int | None = None  # the number of the trial a Ctrl-C or SIGTERM stopped
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         cfg = sample(trial, self.space)
@@ -106,6 +107,10 @@ class Objective:
             raise
         except UserError:
             raise  # the user's to fix (stops the study), not this trial's
+        except KeyboardInterrupt:  # the user stopped the run: not the config's failure (run_study queues it again)
+            self.interrupted = trial.number
+            write(trial, ended=f"interrupted ({signals.requested or 'SIGINT'}): queued again for the next run")
+            raise
         except Exception as exc:  # a bug or an unforeseen library error: this trial fails, the study goes on
             reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
             write(trial, ended=f"failed: {reason}")

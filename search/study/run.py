@@ -11,7 +11,7 @@ import numpy as np
 import optuna
 from tqdm import tqdm
 
-from search.data.datasets import dataset_split, load_images, load_search_data
+from search.data.datasets import data_summary, dataset_split, load_images, load_search_data
 from search.data.folds import FOLDS_ATTR, choose_folds, study_folds
 from search.errors import TrialError, UserError
 from search.models.backbones import build_backbone, get_backbone
@@ -22,7 +22,7 @@ from search.study.objective import Objective, StopAfterFailures
 from search.study.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
 from search.study.pruning import SameKindPruner, trial_kind
 from search.study.record import SPACE_ATTR, TrialRecord
-from search.study.storage import Heartbeat, sqlite_timeout
+from search.study.storage import Heartbeat, requeue_interrupted, sqlite_timeout
 from search.study.storage import open_storage as _storage  # noqa: F401 (its old name here; tests use it)
 
 
@@ -102,11 +102,11 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
                         f"(waited {sqlite_timeout():.0f}s); try again when it is free") from None
     stored = study.user_attrs.get(SPACE_ATTR)
     _check_objectives(study, space, stored)
+    if study.metric_names is None:  # a new study, or one made before every study named its objective
+        with warnings.catch_warnings():  # optuna-dashboard shows this name, not "Objective 0"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(metric_names(space))
     if stored is None:
-        if space.study.cost:  # a single-objective study stores exactly what it always did
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(metric_names(space))
         warm_start.on_new_study(study, space)  # study.warm_start: earlier studies' best configs, queued first
         baselines = prerank.on_new_study(study, space)  # study.rank: LogME ranking, once, before any trial
         study.set_user_attr(FOLDS_ATTR, resolve_folds(space))  # before the space: a study with one has both
@@ -223,19 +223,27 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     save_study_note(study, space)
     space = prerank.restricted(space, study)  # study.rank's top_k, as recorded when the study was created
     if reporters is None:
-        reporters = [ArtifactReporter(artifact_dir(space.study.storage_url, space.study.name))]
+        reporters = [ArtifactReporter(artifact_dir(space.study.name))]
     n_trials = n_trials or space.study.n_trials
     timeout = timeout or space.study.timeout
     finished = sum(t.state.is_finished() for t in study.trials)
     print(f"study {space.study.name!r} in {space.study.storage_url}: {finished} finished trial(s) so far, "
           f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
+    size = space.values("image_size")[0]  # the counts and sizes do not depend on the image size
+    print(data_summary(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"),
+                       study_folds(study)), flush=True)
     print(describe_validation(study, space), flush=True)
     started = time.perf_counter()
     deadline = time.monotonic() + timeout if timeout else None  # running trials stop there too
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
-    study.optimize(Objective(space, reporters, deadline), n_trials=n_trials, timeout=timeout, catch=(TrialError,),
-                   callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True,
-                   show_progress_bar=sys.stderr.isatty())
+    objective = Objective(space, reporters, deadline)
+    try:
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(TrialError,),
+                       callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True,
+                       show_progress_bar=sys.stderr.isatty())
+    except KeyboardInterrupt:  # the CLI prints the one line; a resume runs the interrupted trial first
+        requeue_interrupted(study, objective.interrupted, log=lambda line: None)
+        raise
     summarize(study, time.perf_counter() - started)
     return study
 

@@ -220,6 +220,25 @@ def retry_once() -> RetryHeartbeatStaleTrialCallback:
         return RetryHeartbeatStaleTrialCallback(max_retry=1)
 
 
+def requeue_interrupted(study: optuna.Study, number: int | None, log=print) -> None:
+    """An interrupted trial (Ctrl-C, SIGTERM) is failed if still running and queued again with its params, so
+    the next run (a resume, a worker) runs it: its config did not fail, the user stopped it. Every time: an
+    interrupt is never the config's fault, unlike a dead worker's trial (retried once)."""
+    def get():
+        return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
+
+    trial = None if number is None else get()
+    if trial is None or trial.state not in (TrialState.RUNNING, TrialState.FAIL):
+        return
+    if trial.state == TrialState.RUNNING:
+        study.tell(number, state=TrialState.FAIL)
+        trial = get()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=None)(study, trial)
+    log(f"trial {number} interrupted: re-queued with the same params")
+
+
 def is_stale(trial: optuna.trial.FrozenTrial, grace: float, now: float) -> bool:
     """A RUNNING journal trial whose worker is gone: its process died (same host), or it has been silent
     for longer than `grace` seconds. A retried trial carries its predecessor's beat (the retry callback

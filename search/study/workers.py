@@ -24,7 +24,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
 from search.study.record import TrialRecord, write
-from search.study.storage import HOST, Heartbeat, QueueEmpty, fail_stale_trials, retry_once
+from search.study.storage import HOST, Heartbeat, QueueEmpty, fail_stale_trials, requeue_interrupted
 
 
 def worker_seed(study_seed: int, index: int | None) -> int:
@@ -92,7 +92,7 @@ def work(study: optuna.Study, objective, heartbeat: Heartbeat, timeout: float | 
             if not _wait_for_retries(study, heartbeat, deadline, log):
                 return
     except KeyboardInterrupt:
-        _requeue(study, labelled.interrupted, log)
+        requeue_interrupted(study, labelled.interrupted, log)
         raise
 
 
@@ -115,23 +115,6 @@ def _wait_for_retries(study: optuna.Study, heartbeat: Heartbeat, deadline: float
                 f"in case their worker died")
             told = True
         time.sleep(min(heartbeat.interval, 1.0))  # leave as soon as the last running trial ends
-
-
-def _requeue(study: optuna.Study, number: int | None, log) -> None:
-    """An interrupted trial (Ctrl-C, SIGTERM) goes back into the queue with its params, once."""
-    def get():
-        return next((t for t in study.get_trials(deepcopy=False) if t.number == number), None)
-
-    trial = None if number is None else get()
-    if trial is None or trial.state not in (TrialState.RUNNING, TrialState.FAIL):
-        return
-    if trial.state == TrialState.RUNNING:
-        study.tell(number, state=TrialState.FAIL)
-        trial = get()
-    before = len(study.get_trials(deepcopy=False))
-    retry_once()(study, trial)
-    if len(study.get_trials(deepcopy=False)) > before:
-        log(f"trial {number} interrupted: re-queued with the same params")
 
 
 # --------------------------------------------------------------------------------- processes, threads
