@@ -1,16 +1,73 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 SHARED = Path(__file__).resolve().parents[2] / "shared"  # developer and CI machines only
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1... under `pytest -n N` (make test); None alone
+if WORKER:  # N processes share the cores: one TensorFlow thread pool each, not N pools of every core
+    threads = str(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ.setdefault(name, threads)
+
+
+PRETRAIN = ("import sys; sys.path.insert(0, sys.argv[1]); from search.models.tiny_cnn import pretrained_tiny_cnn; "
+            "pretrained_tiny_cnn()")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own tmp_path set-up
+def pytest_configure(config):
+    """Under xdist, the controller starts tiny_cnn's pretraining at once, in the background, on every core, while
+    the workers start: workers run other tests meanwhile, and one that needs the weights waits on the lock."""
+    if WORKER or not getattr(config.option, "numprocesses", None):
+        return
+    home = config._tmp_path_factory.getbasetemp() / "pretrain-home"
+    home.mkdir()
+    (home / "_pretrained").symlink_to(_shared_pretrained(config._tmp_path_factory.getbasetemp()))
+    env = {**os.environ, "TRANSFER_SEARCH_HOME": str(home)}
+    config._pretraining = subprocess.Popen([sys.executable, "-c", PRETRAIN, str(Path(__file__).parents[1])],
+                                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def pytest_unconfigure(config):
+    proc = getattr(config, "_pretraining", None)
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+# Files that never need tiny_cnn's pretrained weights: run first, while the weights are being made.
+NO_PRETRAINING = {"test_backbones.py", "test_data.py", "test_space.py", "test_space_properties.py", "test_rows.py",
+                  "test_layout.py", "test_logme.py", "test_pruning.py", "test_bench_scale.py", "test_best_so_far.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """xdist hands out whole files (`--dist loadfile`) in this order: first the files that overlap with tiny_cnn's
+    pretraining, then those with the most slow tests (a long file started last would leave the other cores
+    idle at the end), then the rest as they come (stable)."""
+    slow: dict = {}
+    for item in items:
+        slow[item.path] = slow.get(item.path, 0) + (item.get_closest_marker("slow") is not None)
+    items.sort(key=lambda item: (item.path.name not in NO_PRETRAINING, -slow[item.path]))
+
+
+def _shared_pretrained(run_root: Path) -> Path:
+    shared = run_root / "shared-pretrained"
+    shared.mkdir(exist_ok=True)
+    return shared
 
 
 @pytest.fixture(scope="session", autouse=True)
 def studies_home(tmp_path_factory):
-    """Every test writes study stores and caches under one temporary folder, never into the repo."""
+    """Every test process writes study stores and caches under its own temporary folder, never into the repo
+    (each xdist worker its own). What is the same for all, tiny_cnn's pretrained weights, is shared: one
+    _pretrained/ folder for the whole run, filled once behind the file lock of pretrained_tiny_cnn."""
     home = tmp_path_factory.mktemp("studies")
+    run_root = tmp_path_factory.getbasetemp().parent if WORKER else tmp_path_factory.getbasetemp()
+    (home / "_pretrained").symlink_to(_shared_pretrained(run_root), target_is_directory=True)
     os.environ["TRANSFER_SEARCH_HOME"] = str(home)
     return home
 

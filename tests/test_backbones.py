@@ -22,6 +22,7 @@ def trainable_names(model):
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.slow
 def test_backbone_builds_with_its_metadata(name):
     info = BACKBONES[name]
     model = build_backbone(info, info.min_size, "none", info.alphas[0] if info.has_alpha else 1.0)
@@ -32,6 +33,7 @@ def test_backbone_builds_with_its_metadata(name):
 
 
 @pytest.mark.parametrize("name", [n for n, i in BACKBONES.items() if i.reference_preprocess])
+@pytest.mark.slow
 def test_preprocess_layer_matches_keras_applications(name):
     info = BACKBONES[name]
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
@@ -41,6 +43,7 @@ def test_preprocess_layer_matches_keras_applications(name):
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.slow
 def test_freezing_strategies_set_exactly_the_expected_layers(name):
     info = BACKBONES[name]
     model = build_model(tiny_config(name), num_classes=3)

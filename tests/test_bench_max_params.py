@@ -19,6 +19,7 @@ enqueue:
 """
 
 
+@pytest.mark.slow
 def test_only_backbones_within_the_limit_are_searched(tmp_path):
     space = load_space(write(tmp_path / "s.yaml", SPACE))
     said = []
@@ -31,6 +32,7 @@ def test_only_backbones_within_the_limit_are_searched(tmp_path):
         space.params["backbone"].choices
 
 
+@pytest.mark.slow
 def test_a_limit_no_backbone_fits_is_one_clear_error(tmp_path):
     space = load_space(write(tmp_path / "s.yaml", SPACE))
     with pytest.raises(UserError, match=r"no backbone .* fits \(the smallest, mobilenet@0.25, has 218,544"):

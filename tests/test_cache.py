@@ -60,6 +60,7 @@ CASES = [
 
 
 @pytest.mark.parametrize("changes, phase2", CASES)
+@pytest.mark.slow
 def test_cached_and_plain_training_make_the_same_first_updates(data, changes, phase2):
     """One update step per phase (one batch holds the whole training split): the cached path must compute what
     the plain one does. Exact up to float rounding on any CPU; several epochs are not (see below)."""
@@ -74,6 +75,7 @@ def test_cached_and_plain_training_make_the_same_first_updates(data, changes, ph
 
 
 @pytest.mark.parametrize("changes, phase2", CASES[2:])  # the richest features case and both richer cut cases
+@pytest.mark.slow
 def test_cached_training_ends_close_to_plain_training(data, changes, phase2):
     """Three epochs of many steps: the two paths batch the frozen part differently, so oneDNN rounds differently
     and the difference grows with every step (weights up to 7e-3 apart on another x86-64 CPU). Exact: the plan,
@@ -96,6 +98,7 @@ def test_cached_training_ends_close_to_plain_training(data, changes, phase2):
     assert cached.params_trainable == plain.params_trainable
 
 
+@pytest.mark.slow
 def test_later_trials_reuse_features_and_the_model_returned_is_the_full_model(data, tmp_path):
     cfg = dataclasses.replace(BASE, freeze="frozen", finetune_epochs=1)
     first, _ = run(cfg, data, "memory")
@@ -124,6 +127,7 @@ class PruneFrom(optuna.pruners.BasePruner):
 
 
 @pytest.mark.parametrize("freeze, step", [("frozen", 0), ("top_blocks", 1)])  # 1: first step of phase 2
+@pytest.mark.slow
 def test_pruning_works_through_cached_phases(data, freeze, step):
     study = optuna.create_study(direction="maximize", pruner=PruneFrom(step))
     trial = study.ask()
@@ -163,6 +167,7 @@ def key_of(cfg, split_seed=0, size=None):
     return cache.feature_key(model, None, split.images)
 
 
+@pytest.mark.slow
 def test_keys_change_with_backbone_weights_size_split_and_preprocessing(monkeypatch):
     cfg = TrialConfig()
     base = key_of(cfg)
@@ -195,6 +200,7 @@ def test_store_is_bounded_least_recently_used_first():
             arrays["a"][0] = 1.0  # shared between trials: read-only
 
 
+@pytest.mark.slow
 def test_disk_mode_persists_features_for_another_process(data, studies_home):
     cfg = dataclasses.replace(BASE, freeze="frozen", finetune_epochs=1)
     with cache.using("disk"):
@@ -278,6 +284,7 @@ def test_round_to_block_moves_a_layer_wise_cut_to_a_block_start():
 
 
 @pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.slow
 def test_every_block_start_is_an_exact_cut(name):
     """Keras 3 builds the part above each block start from the intermediate tensor, and prefix + top
     computes what the whole backbone computes. Backbones with layers that are random during fit keep
@@ -338,6 +345,7 @@ def test_bad_cache_setting_is_a_user_error(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["memory", "off"])
+@pytest.mark.slow
 def test_validation_logs_are_what_keras_evaluate_computes_and_the_metrics_use_the_same_pass(data, mode):
     """Per-epoch validation runs through train.Validation's one traced pass, not fit(validation_data=...): its
     logs equal Keras' own evaluate of the model returned (same loss, same accuracy), on the cached path and on

@@ -88,6 +88,7 @@ def test_the_number_of_folds_follows_the_data_size():
     assert parse_space({}, "s.yaml").study.validation == {"folds": "auto"}
 
 
+@pytest.mark.slow
 def test_fold_features_are_computed_once_per_image():
     """Three folds of a frozen trial with mirror images: the pool and its mirrors go through the backbone once,
     in fold 1; folds 2 and 3 slice the stored features."""
@@ -114,6 +115,7 @@ def raced(tmp_path_factory):
     return run_study(space), space
 
 
+@pytest.mark.slow
 def test_a_trial_is_the_mean_of_its_folds_with_their_spread(raced):
     study, _ = raced
     good = study.trials[0]
@@ -137,6 +139,7 @@ def test_a_bad_trial_stops_after_fold_1(raced):
     assert max(bad.intermediate_values) == 4  # fold 1's report, the first step past the warm-up
 
 
+@pytest.mark.slow
 def test_export_carries_the_folds_and_retrain_refits_on_all_non_test_images(raced, monkeypatch):
     """The refit trains once per seed on exactly train + validation for the folds' epoch count, with no validation
     part, and only then is the test split predicted, once."""
@@ -180,6 +183,7 @@ def test_selection_optimism_is_value_minus_mean_test():
     assert selection_optimism(0.80, [0.85]) == pytest.approx(-0.05)  # pessimistic: negative
 
 
+@pytest.mark.slow
 def test_a_hand_config_gets_its_refit_epochs_from_one_validation_fit(tmp_path, monkeypatch):
     """No exported epoch count: one train/validation fit runs first, and the refit uses the fine-tuning epochs to
     that fit's best validation accuracy (read from the very curve that fit produced)."""

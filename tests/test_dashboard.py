@@ -32,6 +32,7 @@ from tests.conftest import pruned_pair_space, write
 # reported), so both a full curve and a pruning-epoch curve are uploaded (tests/conftest.py: pruned_pair_space).
 SPACE = pruned_pair_space("dash", sound="freeze: top_blocks, unfreeze_blocks: 1")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.slow  # a live study, dashboard and browser (the module's fixture: about 20 s)
 
 
 def _search_data():

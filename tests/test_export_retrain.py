@@ -65,6 +65,7 @@ def first_run(exported):
     return retrain(exported[1] / "best.yaml", fit="train")  # the trial's own fit, to compare with the trial
 
 
+@pytest.mark.slow
 def test_export_starts_no_tensorflow(exported):
     """Exporting reads the store, replays the config through the space parser and fingerprints data and weights:
     none of that needs TensorFlow or Keras, so `make export` starts in a second, not ten."""
@@ -97,6 +98,7 @@ def test_export_writes_a_fixed_config_that_replays_the_best_trial(exported):
     assert {f"val_f1.{c}" for c in CLASSES} <= set(trials.columns)
 
 
+@pytest.mark.slow
 def test_retrained_model_loads_and_its_test_report_is_honest(first_run):
     assert first_run == studies_dir() / NAME / "retrain" / "run-1"
     report = json.loads((first_run / "report.json").read_text())
@@ -127,6 +129,7 @@ def test_exported_config_reproduces_the_trial(exported, first_run):
     assert report["seeds"][0]["validation"]["accuracy"] == pytest.approx(study.best_value, abs=REPRODUCE_TOLERANCE)
 
 
+@pytest.mark.slow
 def test_second_retrain_is_a_new_run_and_seeds_give_mean_and_std(exported, first_run):
     before = {p: _digest(p) for p in first_run.rglob("*") if p.is_file()}
     second = retrain(exported[1] / "best.yaml", seeds=2)
@@ -147,6 +150,7 @@ def test_second_retrain_is_a_new_run_and_seeds_give_mean_and_std(exported, first
     assert "mean ± std" in (second / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_retrain_with_set_changes_this_run_only_and_records_it(exported, first_run):
     best = exported[1] / "best.yaml"
     before = _digest(best)
@@ -169,6 +173,7 @@ def _tampered(exported, tmp_path, edit):
     return write(tmp_path / "tampered.yaml", yaml.safe_dump(doc, sort_keys=False))
 
 
+@pytest.mark.slow
 def test_config_whose_class_list_changed_is_a_one_line_cli_error(exported, first_run, tmp_path):
     def rename(meta):
         meta["dataset"]["class_names"][0] = "oval"

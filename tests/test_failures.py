@@ -222,6 +222,7 @@ def run_two_trials(tmp_path, name, extra=""):
     return optuna.load_study(study_name=name, storage=storage).trials
 
 
+@pytest.mark.slow
 def test_diverging_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(tmp_path):
     extra = ("  freeze: full\n  optimizer: sgd\n  learning_rate: {choices: [1.0e+12, 0.001]}\n"
              "enqueue:\n  - {learning_rate: 1.0e+12}\n  - {learning_rate: 0.001}\n")
@@ -237,6 +238,7 @@ def test_diverging_loss_fails_the_trial_with_its_reason_and_the_study_goes_on(tm
     ("oom", "out of memory"),
     ("bug", "ValueError: something unexpected"),
 ])
+@pytest.mark.slow
 def test_fault_inside_a_trial_fails_only_that_trial(fault, reason, tmp_path, monkeypatch):
     import tensorflow as tf
 
@@ -260,6 +262,7 @@ def test_fault_inside_a_trial_fails_only_that_trial(fault, reason, tmp_path, mon
     assert second.state == optuna.trial.TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_repeated_failures_stop_the_study(tmp_path, monkeypatch, capsys):
     import search.training.train
 
@@ -274,6 +277,7 @@ def test_repeated_failures_stop_the_study(tmp_path, monkeypatch, capsys):
     assert len(optuna.load_study(study_name="broken", storage=storage).trials) == 3
 
 
+@pytest.mark.slow
 def test_artifact_store_full_does_not_lose_the_trial(tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -287,6 +291,7 @@ def test_artifact_store_full_does_not_lose_the_trial(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.slow
 def test_signal_during_a_trial_closes_it_and_a_resume_continues(sig, code, tmp_path):
     extra = "  finetune_epochs: 12\n  early_stopping_patience: 0\n"  # long enough to be interrupted
     space = tiny_space(tmp_path, name="sig", n_trials=3, extra=extra)
@@ -422,6 +427,7 @@ def test_disk_full_while_saving_a_model(best_yaml, tmp_path, capsys, monkeypatch
     assert (sorted(p.name for p in runs.glob("run-*")) if runs.exists() else []) == before  # no half run
 
 
+@pytest.mark.slow
 def test_a_study_name_is_never_run_as_shell(tmp_path, monkeypatch):
     marker = tmp_path / "pwned"
     root = __import__("pathlib").Path(__file__).resolve().parents[1]

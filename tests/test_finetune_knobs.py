@@ -105,6 +105,7 @@ def _distance_to_start(change: dict) -> float:
                zip(get_backbone_model(result.model).get_weights(), get_backbone_model(start).get_weights()))
 
 
+@pytest.mark.slow
 def test_a_strong_l2sp_keeps_the_fine_tuned_backbone_near_its_pretrained_weights():
     assert _distance_to_start({"l2sp": 100.0}) < 0.5 * _distance_to_start({})
 
@@ -132,6 +133,7 @@ def test_cutmix_labels_mix_by_the_share_of_pasted_pixels():
         assert my.numpy()[0, 0] == pytest.approx(1 - pasted, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_mixed_batches_are_reproducible_and_only_the_training_batches_are_mixed():
     cfg = dataclasses.replace(TOP_BLOCKS, mix="mixup", mix_alpha=0.4)
     data = load_search_data(cfg.dataset, cfg.image_size, cfg.split, cfg.split_seed)

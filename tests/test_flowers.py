@@ -12,8 +12,8 @@ from tests.conftest import SHARED, write
 
 FLOWERS = SHARED / "data" / "flowers"
 WEIGHTS = SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
-pytestmark = pytest.mark.skipif(not (FLOWERS.is_dir() and WEIGHTS.is_file()),
-                                reason="../shared/data/flowers or ../shared/weights not present")
+pytestmark = [pytest.mark.skipif(not (FLOWERS.is_dir() and WEIGHTS.is_file()),
+                                 reason="../shared/data/flowers or ../shared/weights not present"), pytest.mark.slow]
 
 
 def test_mobilenet_v2_trial_on_flowers_slice_beats_chance(tmp_path):
@@ -55,8 +55,28 @@ def test_flowers_pipeline_in_miniature(tmp_path):
         (data / folder.name).mkdir(parents=True)
         for photo in sorted(folder.iterdir())[:30]:
             (data / folder.name / photo.name).symlink_to(photo)
+    # the pipeline and its bookkeeping, not the search: the two seed recipes queued at 96 px, one split
+    space = write(tmp_path / "mini.yaml", """
+study: {name: mini, seed: 0, pruner: {type: none}}
+params:
+  dataset: tfds:tf_flowers
+  weights: imagenet
+  backbone: {choices: [mobilenet_v2@0.35]}
+  image_size: 96
+  warmup_epochs: 2
+  warmup_learning_rate: 0.01
+  finetune_epochs: 3
+  freeze: {choices: [frozen, top_layers]}
+  unfreeze_layers: {low: 4, high: 80}
+  optimizer: {choices: [adam, sgd]}
+  learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}
+  momentum: 0.9
+enqueue:
+  - {backbone: mobilenet_v2@0.35, freeze: frozen, optimizer: adam, learning_rate: 0.001}
+  - {backbone: mobilenet_v2@0.35, freeze: top_layers, unfreeze_layers: 56, optimizer: sgd, learning_rate: 0.001}
+""")
     report = run(str(data), str(WEIGHTS.parent), budget_s=600, seeds=1, name="mini", baseline_size=96,
-                 max_trials=2, ablate=False)
+                 max_trials=2, ablate=False, folds=1, space_file=str(space))
     text = report.read_text()
     for row in ("| search winner |", "| seeds: frozen + Adam |", "| seeds: two-phase, top 56 layers |"):
         assert row in text

@@ -11,6 +11,7 @@ from search.space import load_space
 TINY = ["image_size=32", "warmup_epochs=1", "finetune_epochs=1", "early_stopping_patience=0"]
 
 
+@pytest.mark.slow
 def test_each_value_trains_the_same_configuration_with_only_the_knob_changed(monkeypatch):
     seen = []
     real = knob.configs_of
@@ -50,6 +51,7 @@ def test_a_knob_the_spaces_queue_names_can_still_be_varied():
     ("default", "lr_schedule", ["constant", "step"], ["{freeze: frozen}"], "lr_schedule.*valid: constant, cosine"),
     ("default", "layer_decay", ["1.0", "1.5"], ["{freeze: top_blocks}"], "params.layer_decay: 1.5 is out of bounds"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_a_one_line_error(space, knob_name, values, configs, message):
     assert not load_space("spaces/peer.yaml").enqueue
     with pytest.raises(UserError, match=message):

@@ -179,6 +179,7 @@ def pareto_run(tmp_path_factory):
     return space, folder, study
 
 
+@pytest.mark.slow
 def test_multi_objective_study_runs_without_optuna_pruning(pareto_run, capsys):
     space, _, study = pareto_run
     study = optuna.load_study(study_name="pareto_e2e", storage=space.study.storage_url)

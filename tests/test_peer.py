@@ -14,6 +14,7 @@ TINY = ["backbone=tiny_cnn", "image_size=32", "unfreeze_layers={choices: [4, 8]}
         "finetune_epochs=2"]
 
 
+@pytest.mark.slow
 def test_bench_peer_in_miniature(tmp_path, monkeypatch):
     monkeypatch.setattr(peer, "MAX_EPOCHS", 3)
     report = peer.bench("builtin:shapes", "builtin", budget_s=8, seeds=1, name="peer-mini", overrides=TINY,

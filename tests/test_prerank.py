@@ -142,6 +142,7 @@ def test_rank_on_an_existing_study_is_ignored_and_said(tmp_path, monkeypatch, ca
     assert "ranking" not in study.user_attrs and prerank.note_section(study) == ""
 
 
+@pytest.mark.slow
 def test_real_ranking_top_1_runs_only_the_best_backbone_and_resumes(tmp_path, monkeypatch):
     """A real study: LogME on the built-in data, 2 tiny trials, then a resume that does not rank again."""
     from optuna_dashboard import get_note

@@ -20,6 +20,7 @@ def test_pretrained_features_score_higher_than_random_ones():
     assert logme(pretrained, data.train.labels) > logme(random, data.train.labels)
 
 
+@pytest.mark.slow
 def test_rank_space_orders_every_variant():
     space = parse_space({"params": {"dataset": "builtin:shapes", "weights": "none", "image_size": 32,
                                     "backbone": {"choices": ["tiny_cnn", "mobilenet_v2@0.35"]}}})

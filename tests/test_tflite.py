@@ -50,6 +50,7 @@ def exported(tmp_path_factory):
     return config, run, out, report
 
 
+@pytest.mark.slow
 def test_both_files_are_written_and_int8_is_smaller(exported):
     config, run, out, report = exported
     assert out == run / "seed-0" / "tflite" and run == studies_dir() / "tfl" / "retrain" / "run-1"
@@ -118,6 +119,7 @@ def _cli(*args):
                           text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_config_without_a_retrained_run_is_a_one_line_error(exported, tmp_path):
     config, run, _, _ = exported
     other = write(tmp_path / "best-2.yaml", CONFIG.format(name="tfl", lr=0.001))  # same study, other params

@@ -64,6 +64,7 @@ def test_a_pre_split_folder_with_sub_folders_keeps_its_parts(tmp_path):
     assert [len(i) for i in datasets.dataset_split(str(root), 32, (0.75, 0.1, 0.15), 0)] == [18, 6, 6]
 
 
+@pytest.mark.slow
 def test_a_study_says_what_data_it_read(tmp_path, capsys):
     root = nested_folder(tmp_path / "data")
     image_folder(root, {"c": 12})
@@ -84,6 +85,7 @@ def test_the_data_line_gives_fold_sizes_when_trials_cross_validate(tmp_path):
 # ------------------------------------------------------------------------- 2. outputs stay in studies/
 
 
+@pytest.mark.slow
 def test_outputs_never_land_beside_a_store_in_a_data_folder(tmp_path):
     root = image_folder(tmp_path / "flowers", {"a": 12, "b": 12})
     before = sorted(p.name for p in root.iterdir())
@@ -182,6 +184,7 @@ def test_a_damaged_image_store_is_decoded_again_with_a_warning(damage, tmp_path,
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.slow
 def test_a_study_on_a_damaged_store_runs(tmp_path, capsys):
     root = image_folder(tmp_path / "data", {"a": 12, "b": 12})
     folder = _entry(root)
@@ -197,12 +200,14 @@ def test_a_study_on_a_damaged_store_runs(tmp_path, capsys):
 # ------------------------------------------------------------------------ 8. the objective has a name
 
 
+@pytest.mark.slow
 def test_every_new_study_names_its_objective(tmp_path):
     storage = f"sqlite:///{tmp_path}/named.db"
     assert main(["study", "--space", str(tiny_space(tmp_path, name="named")), "--storage", storage]) == 0
     assert optuna.load_study(study_name="named", storage=storage).metric_names == ["val_accuracy"]
 
 
+@pytest.mark.slow
 def test_a_resumed_study_without_a_name_gets_one(tmp_path, monkeypatch):
     storage = f"sqlite:///{tmp_path}/old.db"
     monkeypatch.setattr(optuna.Study, "set_metric_names", lambda self, names: None)  # as main did before

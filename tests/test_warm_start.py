@@ -64,6 +64,7 @@ def test_several_sources_are_ordered_by_similarity_then_taken_round_robin(monkey
     assert queued[0]["params"] == {"freeze": "frozen", "learning_rate": 0.01}
 
 
+@pytest.mark.slow
 def test_a_new_study_queues_an_earlier_winner_first_records_it_and_a_resume_does_not_queue_again(tmp_path):
     _source("ws_src", [(0.55, {"freeze": "top_blocks", "learning_rate": 0.02}),
                        (0.75, {"freeze": "frozen", "learning_rate": 0.001})])  # stored trials: no training needed

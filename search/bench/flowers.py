@@ -95,16 +95,17 @@ def within_params(space, max_params: int, log=print):
 
 def run(data: str, weights: str, budget_s: float, seeds: int, name: str, baseline_size: int = 224,
         max_trials: int = 10_000, max_params: int | None = None, folds="auto", study_seed: int | None = None,
-        fit: str = "all", ablate: bool = True) -> Path:
+        fit: str = "all", ablate: bool = True, space_file: str = SPACE) -> Path:
     """folds: study.validation.folds; fit: retrain's --fit, the same for the winner, its ablations and the
-    baselines; ablate: also retrain the winner with each knob of PLAIN turned back."""
+    baselines; ablate: also retrain the winner with each knob of PLAIN turned back; space_file: the searched
+    space (its dataset and weights are replaced by `data` and `weights`)."""
     from search.study.run import run_study
 
     started = time.perf_counter()
     sets = [f"dataset={data}", f"weights={weights}", f"study.validation={{folds: {folds}}}"]
     if study_seed is not None:
         sets.append(f"study.seed={study_seed}")
-    space = load_space(SPACE, sets).with_study(name=name, timeout=budget_s)
+    space = load_space(space_file, sets).with_study(name=name, timeout=budget_s)
     if max_params is not None:
         space = within_params(space, max_params)
     study = run_study(space, n_trials=max_trials, timeout=budget_s)

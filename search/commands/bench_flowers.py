@@ -25,6 +25,8 @@ def add_arguments(parser) -> None:
                         help="skip retraining the winner with each fine-tuning knob turned back "
                              "(search.bench.flowers.PLAIN)")
     parser.add_argument("--name", help="study name (default flowers-<date-time>, a new study each run)")
+    parser.add_argument("--space", default="spaces/flowers.yaml",
+                        help="the searched space (default %(default)s); --data and --weights replace its own")
 
 
 def _whole(text: str) -> int:
@@ -44,7 +46,7 @@ def run(args) -> int:
     folds = args.folds if args.folds == "auto" else _whole(args.folds)
     report = bench(args.data, args.weights, args.budget, args.seeds, name, args.baseline_size,
                    max_params=args.max_params, folds=folds, fit=args.fit,
-                   ablate=not args.no_ablation)
+                   ablate=not args.no_ablation, space_file=args.space)
     print(report.read_text())
     print(f"report: {report}")
     return 0

@@ -7,6 +7,7 @@ Keras is imported inside the functions that build or train: backbones.py registe
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import inspect
 from pathlib import Path
@@ -60,10 +61,16 @@ def same_recipe(fingerprint: str | None) -> bool:
 
 
 def pretrained_tiny_cnn() -> str:
-    """Path of tiny_cnn's weights pretrained on the source task; trains and caches them on first use."""
+    """Path of tiny_cnn's weights pretrained on the source task; trains and caches them on first use. Behind a
+    file lock: processes starting together (workers, parallel tests) pretrain once, the others wait for it."""
     path = studies_dir() / "_pretrained" / f"tiny_cnn_shapes-source_{source_fingerprint()}.weights.h5"
-    if not path.exists():
-        _pretrain(path)
+    if path.exists():
+        return str(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / ".pretrain.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when the process dies
+        if not path.exists():  # another process may have made it while this one waited
+            _pretrain(path)
     return str(path)
 
 
