@@ -244,6 +244,50 @@ def test_the_fold_race_judges_the_running_mean_not_fold_1s_peak():
     assert fine.study.trials[-1].intermediate_values[step] == pytest.approx(0.81)
 
 
+def test_the_fold_race_never_stops_the_trial_that_leads():
+    """Completed trials' means after fold 1 (0.93, 0.95) can sit above their final values (0.8968, 0.85): a new
+    trial at 0.9024 after fold 1 is below that median but above the study's best, and races on; one at 0.89,
+    below both, is stopped as before."""
+    from search.study.objective import FoldPruned, Objective
+
+    space = parse_space({"study": {"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
+                         "params": {"warmup_epochs": 2, "finetune_epochs": 2}}, "s.yaml")
+    objective = Objective(space)
+    step = objective.fold_step0  # after fold 1
+    study = optuna.create_study(direction="maximize")
+    for value, after_fold_1 in ((0.8968, 0.93), (0.85, 0.95)):
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={step: after_fold_1}))
+    leader = study.ask()
+    objective._race(leader, 0, 3, [0.9024])  # below the median 0.94, above the best 0.8968: not stopped
+    assert study.trials[leader.number].intermediate_values[step] == pytest.approx(0.9024)
+    trailing = study.ask()
+    with pytest.raises(FoldPruned, match="after fold 1 of 3: mean val_accuracy 0.8900"):
+        objective._race(trailing, 0, 3, [0.89])
+
+
+def test_a_trial_whose_other_folds_cost_next_to_nothing_is_not_raced(monkeypatch):
+    """Fold 1 took 2 s, so the 2 folds left take about 4 s: within 1 % of a 1000 s budget, the trailing trial
+    runs them (stopping it would save nothing); against a 100 s budget, or with no budget, it is stopped."""
+    from search.study import objective as objective_module
+    from search.study.objective import FoldPruned, Objective
+
+    space = parse_space({"study": {"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
+                         "params": {"warmup_epochs": 2, "finetune_epochs": 2}}, "s.yaml")
+    monkeypatch.setattr(objective_module.time, "monotonic", lambda: 500.0)
+    study = optuna.create_study(direction="maximize")
+    step = Objective(space).fold_step0
+    study.add_trial(optuna.trial.create_trial(value=0.9, intermediate_values={step: 0.9}))
+    for budget, stopped in ((1000.0, False), (100.0, True), (None, True)):
+        objective = Objective(space, budget_s=budget)
+        objective.trial_started = 498.0  # fold 1 took 2 s
+        trial = study.ask()
+        if stopped:
+            with pytest.raises(FoldPruned):
+                objective._race(trial, 0, 3, [0.6])
+        else:
+            objective._race(trial, 0, 3, [0.6])
+
+
 def test_a_running_trial_stops_at_the_study_deadline(tmp_path):
     """Optuna's timeout only stops new trials; the objective's deadline also stops a running one at its first
     epoch end past it (or between folds), as a pruned trial that keeps what it reported, and starts nothing more."""

@@ -105,3 +105,24 @@ def test_cli_bad_space_exits_2_with_one_line(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "params.optimizer: unknown value 'adamx'; valid: sgd, adam, adamw, rmsprop" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_the_run_line_and_trial_lines_say_the_budget_not_a_sentinel_count(capsys, monkeypatch):
+    """A budget-bound run (the benches pass 100_000 trials) says so, and its trial lines count up with the time
+    left, not "[7/100000]"; a counted run keeps [finished/planned], plus the time left when it has a budget."""
+    from search.study import run
+
+    assert run.run_plan(100_000, 600) == "running trials until the budget of 10:00 is spent"
+    assert run.run_plan(60, 2700) == "running 60 more (at most 45:00)"
+    assert run.run_plan(3, None) == "running 3 more"
+    assert run.run_plan(20, 4000) == "running 20 more (at most 1:06:40)"
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))
+    trial = study.trials[0]
+    monkeypatch.setattr(run.time, "monotonic", lambda: 1000.0)
+    budget, counted, plain = run.Progress(100_000, 1000.0 + 125.4), run.Progress(5, 1000.0 + 59.6), run.Progress(5)
+    for progress in (budget, budget, counted, plain):
+        progress(study, trial)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" trial ")[0] for line in lines] == ["[1, 2:05 left]", "[2, 2:05 left]", "[1/5, 1:00 left]",
+                                                            "[1/5]"]

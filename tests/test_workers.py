@@ -262,6 +262,7 @@ def test_recycled_workers_run_each_batch_of_trials_in_a_fresh_process(warm, tmp_
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # host:pid, one process per trial
     assert proc.stdout.count("done: 1 trial(s)") == 2
+    assert sum(line.startswith("data: ") for line in proc.stdout.splitlines()) == 1  # said once, by the launcher
 
 
 # --------------------------------------------------------------------- refusals, recovery, interrupt, copy

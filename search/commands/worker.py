@@ -105,7 +105,7 @@ def run(args) -> int:
             study.stop()  # this process is done; a recycling launcher starts a fresh one for the queue's rest
 
     deadline = None if args.timeout is None else time.monotonic() + args.timeout
-    work(study, Objective(space, [reporter], deadline), heartbeat, timeout=args.timeout,
+    work(study, Objective(space, [reporter], deadline, budget_s=args.timeout), heartbeat, timeout=args.timeout,
          callbacks=[line, StopAfterFailures()], catch=(TrialError,),
          log=lambda text: print(f"{me} {text}", flush=True))
     print(f"{me} done: {len(done)} trial(s) in {time.perf_counter() - started:.0f}s", flush=True)

@@ -56,7 +56,7 @@ def run(args) -> int:
     from search.commands.worker import open_worker_study
     from search.device import configure_devices
     from search.study.artifacts import save_study_note
-    from search.study.run import prepare, summarize
+    from search.study.run import describe_data, prepare, summarize
     from search.study.storage import Heartbeat
     from search.study.workers import describe_exit, gpu_ids, launch, queue_trials, recover, threads_per_worker
 
@@ -74,6 +74,7 @@ def run(args) -> int:
     print(f"study {name!r} in {shown(url)}: {args.workers} worker(s), {threads} CPU thread(s) each"
           + (f", GPUs {','.join(gpus)} round robin" if gpus else "")
           + f"; {queued} trial(s) queued ({added} new)", flush=True)
+    print(describe_data(study, space), flush=True)
 
     commands, envs = [], []
     for i in range(args.workers):

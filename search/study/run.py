@@ -137,6 +137,13 @@ def resolve_folds(space: Space) -> int:
     return choose_folds(space.study.validation["folds"], len(val), dict(zip(classes, counts.tolist())))
 
 
+def describe_data(study: optuna.Study, space: Space) -> str:
+    """The `data:` line: what was read and how it is split (search.data.datasets.data_summary)."""
+    size = space.values("image_size")[0]  # the counts and sizes do not depend on the image size
+    return data_summary(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"),
+                        study_folds(study))
+
+
 def describe_validation(study: optuna.Study, space: Space) -> str:
     folds = study_folds(study)
     if folds == 1:
@@ -197,15 +204,39 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: st
     sys.stdout.flush()
 
 
-class Progress:
-    """Trial callback: print_trial's line led by [finished/planned] for this run."""
+# A trial count this large with a timeout means "as many as the budget allows" (the benches pass 100_000):
+# it is not a plan, and "[7/100000]" says nothing. The budget's time left is what the user wants to see.
+AS_MANY_AS_FIT = 1000
 
-    def __init__(self, planned: int):
-        self.planned, self.finished = planned, 0
+
+def run_plan(n_trials: int, timeout: float | None) -> str:
+    """What this run will do, in words, for the line printed before the first trial."""
+    if timeout and n_trials >= AS_MANY_AS_FIT:
+        return f"running trials until the budget of {_clock(timeout)} is spent"
+    return f"running {n_trials} more" + (f" (at most {_clock(timeout)})" if timeout else "")
+
+
+class Progress:
+    """Trial callback: print_trial's line led by [finished/planned] for this run, and the budget's time left
+    when there is one ([finished] alone when the budget, not a count, ends the run)."""
+
+    def __init__(self, planned: int, deadline: float | None = None):
+        """deadline: the time.monotonic() at which the run's budget ends (None: no budget)."""
+        self.planned, self.finished, self.deadline = planned, 0, deadline
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         self.finished += 1
-        print_trial(study, trial, prefix=f"[{self.finished}/{self.planned}] ")
+        count = str(self.finished) if self.deadline and self.planned >= AS_MANY_AS_FIT else \
+            f"{self.finished}/{self.planned}"
+        left = f", {_clock(max(0.0, self.deadline - time.monotonic()))} left" if self.deadline else ""
+        print_trial(study, trial, prefix=f"[{count}{left}] ")
+
+
+def _clock(seconds: float) -> str:
+    """0:45, 12:03, 1:02:03: a budget as people read it."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _fmt(v) -> str:
@@ -228,18 +259,16 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     timeout = timeout or space.study.timeout
     finished = sum(t.state.is_finished() for t in study.trials)
     print(f"study {space.study.name!r} in {space.study.storage_url}: {finished} finished trial(s) so far, "
-          f"running {n_trials} more" + (f" (at most {timeout:.0f}s)" if timeout else ""), flush=True)
-    size = space.values("image_size")[0]  # the counts and sizes do not depend on the image size
-    print(data_summary(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"),
-                       study_folds(study)), flush=True)
+          f"{run_plan(n_trials, timeout)}", flush=True)
+    print(describe_data(study, space), flush=True)
     print(describe_validation(study, space), flush=True)
     started = time.perf_counter()
     deadline = time.monotonic() + timeout if timeout else None  # running trials stop there too
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
-    objective = Objective(space, reporters, deadline)
+    objective = Objective(space, reporters, deadline, budget_s=timeout)
     try:
         study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(TrialError,),
-                       callbacks=[Progress(n_trials), StopAfterFailures()], gc_after_trial=True,
+                       callbacks=[Progress(n_trials, deadline), StopAfterFailures()], gc_after_trial=True,
                        show_progress_bar=sys.stderr.isatty())
     except KeyboardInterrupt:  # the CLI prints the one line; a resume runs the interrupted trial first
         requeue_interrupted(study, objective.interrupted, log=lambda line: None)
