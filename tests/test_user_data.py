@@ -79,7 +79,8 @@ def test_a_study_says_what_data_it_read(tmp_path, capsys):
 def test_the_data_line_gives_fold_sizes_when_trials_cross_validate(tmp_path):
     root = image_folder(tmp_path / "data", {"x": 20, "y": 20})
     line = datasets.data_summary(str(root), 32, (0.75, 0.1, 0.15), 0, folds=3)
-    assert line.endswith("; 3 folds of about 11 over 34 non-test images, 6 test")
+    assert line == f"data: 40 images in 2 classes from {root} (20 each); 3 folds of about 11 over 34 non-test " \
+                   f"images, 6 test"
 
 
 # ------------------------------------------------------------------------- 2. outputs stay in studies/

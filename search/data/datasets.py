@@ -316,8 +316,9 @@ def data_summary(spec: str, image_size: int, fractions, seed: int, folds: int = 
     else:
         parts = f"{len(train)} train / {len(val)} validation / {len(test)} test"
     given = " (the folder's own train/val/test parts)" if decoded.parts is not None else ""
-    return (f"data: {len(decoded.labels)} images in {len(decoded.classes)} classes from {spec} (smallest "
-            f"{decoded.classes[small]!r}: {counts[small]}, largest {decoded.classes[large]!r}: {counts[large]})"
+    sizes = f"{counts[small]} each" if counts[small] == counts[large] else \
+        f"smallest {decoded.classes[small]!r}: {counts[small]}, largest {decoded.classes[large]!r}: {counts[large]}"
+    return (f"data: {len(decoded.labels)} images in {len(decoded.classes)} classes from {spec} ({sizes})"
             f"{skipped}; {parts}{given}")
 
 
