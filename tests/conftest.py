@@ -60,12 +60,13 @@ def _shared_pretrained(run_root: Path) -> Path:
     return shared
 
 
-@pytest.fixture(scope="session", autouse=True)
-def studies_home(tmp_path_factory):
-    """Every test process writes study stores and caches under its own temporary folder, never into the repo
-    (each xdist worker its own). What is the same for all, tiny_cnn's pretrained weights, is shared: one
-    _pretrained/ folder for the whole run, filled once behind the file lock of pretrained_tiny_cnn."""
-    home = tmp_path_factory.mktemp("studies")
+@pytest.fixture(scope="module", autouse=True)
+def studies_home(tmp_path_factory, request):
+    """Every test file writes study stores, caches and outputs under its own temporary folder, never into the
+    repo and never where another file's tests (in this process or another xdist worker) write. What is the same
+    for all, tiny_cnn's pretrained weights, is shared: one _pretrained/ folder for the whole run, filled once
+    behind the file lock of pretrained_tiny_cnn."""
+    home = tmp_path_factory.mktemp(f"studies-{request.module.__name__.rsplit('.', 1)[-1]}")
     run_root = tmp_path_factory.getbasetemp().parent if WORKER else tmp_path_factory.getbasetemp()
     (home / "_pretrained").symlink_to(_shared_pretrained(run_root), target_is_directory=True)
     os.environ["TRANSFER_SEARCH_HOME"] = str(home)
