@@ -185,6 +185,23 @@ def test_a_damaged_image_store_is_decoded_again_with_a_warning(damage, tmp_path,
     assert capsys.readouterr().out == ""
 
 
+def test_a_damaged_store_that_cannot_be_replaced_is_a_one_line_error_never_read(tmp_path, monkeypatch):
+    from search.data import image_store
+    from search.errors import UserError
+
+    root = image_folder(tmp_path / "data", {"a": 7, "b": 5})
+    folder = _entry(root)
+    (folder / "labels.npy").unlink()
+    datasets.load_images.cache_clear()
+
+    def refused(*args):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(image_store.os, "replace", refused)  # neither moved aside nor replaced
+    with pytest.raises(UserError, match=r"is damaged \(labels.npy missing\) and cannot be replaced: delete it"):
+        datasets.load_images(str(root), 32)
+
+
 @pytest.mark.slow
 def test_a_study_on_a_damaged_store_runs(tmp_path, capsys):
     root = image_folder(tmp_path / "data", {"a": 12, "b": 12})

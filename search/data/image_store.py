@@ -113,6 +113,9 @@ def stored(identity: list, n: int, size: int, classes, rows: Callable[[], Iterat
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    damage = damaged(folder)  # the damaged entry could not be moved aside (a read-only folder): say so, never map it
+    if damage is not None:
+        raise UserError(f"decoded-image store {folder} is damaged ({damage}) and cannot be replaced: delete it")
     return _load(folder)
 
 
