@@ -47,7 +47,12 @@ clean:
 
 # --- export the winner, retrain it, report (search/export.py, retrain.py, report.py) ---
 CONFIG ?= $(or $(TRANSFER_SEARCH_HOME),studies)/$(STUDY)/best.yaml
-.PHONY: export retrain report
+.PHONY: export retrain report deliver
+
+## make deliver STUDY=name: rebuild studies/<name>/delivered/ (model.keras, report.md) from the kept fold models
+##   (make study does this at the end of its budget; after `make workers`, run it once all workers are done)
+deliver: $(BIN)/.installed
+	$(BIN)/python -m search deliver --study "$$STUDY" $$ARGS
 
 ## make export STUDY=name [ARGS="--top 3 --storage URL"]: studies/<name>/best.yaml (+ best-2.yaml ...), trials.csv
 export: $(BIN)/.installed
@@ -128,6 +133,13 @@ rank-check: $(BIN)/.installed
 ## make bench-peer DATA=folder WEIGHTS=folder [BUDGET=600] [ARGS="--seeds 3 --name NAME"]: against KerasTuner, studies/bench/<name>.md
 bench-peer: $(BIN)/.installed
 	$(BIN)/python -m search bench-peer --data "$$DATA" --weights "$$WEIGHTS" $(if $(filter command line environment,$(origin BUDGET)),--budget "$$BUDGET") $$ARGS
+
+.PHONY: bench-suite
+## make bench-suite DATA=../shared/data/flowers WEIGHTS=../shared/weights [ARGS="--sets proxy,shapes --seeds 3 --arms staged,recipes --budget 300"]
+##   the default study vs the seeds' recipes (the bar), the previous strategy and KerasTuner; resumable pieces
+##   under studies/bench/suite/, the table in studies/bench/suite.md
+bench-suite: $(BIN)/.installed
+	$(BIN)/python -m search bench-suite $(if $(filter command line environment,$(origin DATA)),--data "$$DATA") $(if $(filter command line environment,$(origin WEIGHTS)),--weights "$$WEIGHTS") $$ARGS
 
 .PHONY: bench-portfolio
 ## make bench-portfolio DATA=folder WEIGHTS=folder [ARGS="--stage measure|compare --seeds 3 --budget 240"]:

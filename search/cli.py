@@ -10,6 +10,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter, not errors
 
@@ -23,6 +24,7 @@ COMMANDS = {
     "dashboard": ("search.commands.dashboard", "optuna-dashboard on a study, with its per-trial artifacts"),
     "report-html": ("search.commands.report_html", "a standalone HTML report of a study's plots"),
     "export": ("search.commands.export", "write a study's best config (best.yaml) and trials.csv"),
+    "deliver": ("search.commands.deliver", "rebuild a study's delivered model (an ensemble of its kept fold models)"),
     "retrain": ("search.commands.retrain", "retrain an exported config, test it once, write a report"),
     "export-tflite": ("search.commands.export_tflite", "a retrained model as float and int8 TFLite, checked and timed"),
     "report": ("search.commands.report", "per backbone x freezing strategy table of a study"),
@@ -34,6 +36,7 @@ COMMANDS = {
     "rank-check": ("search.commands.rank_check", "how well a study's LogME ranking agreed with its accuracies (Kendall's tau)"),
     "bench-flowers": ("search.commands.bench_flowers", "search + export + retrain + the seeds' baselines on real photos"),
     "bench-cv": ("search.commands.bench_cv", "one validation split against cross-validated trials: winners retrained and tested"),
+    "bench-suite": ("search.commands.bench_suite", "benchmark: the default study against the best hand recipe, data sets x seeds"),
     "bench-peer": ("search.commands.bench_peer", "benchmark: time to quality against KerasTuner Hyperband"),
     "bench-knob": ("search.commands.bench_knob", "benchmark: one knob's values on fixed configurations and seeds"),
     "bench-portfolio": ("search.commands.bench_portfolio", "benchmark: the portfolio across data sets, warm vs cold"),
@@ -57,7 +60,9 @@ def quiet_tensorflow() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # a command's budget counts from here: TensorFlow's import is inside it
     args = _parser().parse_args(argv)
+    args.started = started
     signals.install()
     try:
         quiet_tensorflow()

@@ -106,6 +106,7 @@ study:
   sampler: {{type: random}}
   pruner: {{type: median, n_startup_trials: 1, n_warmup_steps: 0}}
   validation: {{folds: 1}}   # one split: these studies test pruning, export, the dashboard (CV: test_crossval.py)
+  screen: false              # the queue is exactly these two trials (screening: tests/test_plan.py)
 params:
   dataset: builtin:shapes
   image_size: 32

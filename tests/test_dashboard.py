@@ -228,8 +228,8 @@ def test_artifact_dir_is_in_the_studies_folder_whatever_the_storage():
 
 def test_progress_lines_without_keras_noise(live):
     lines = live.log.splitlines()
-    assert any(re.match(r"\[1/2\] trial +0 COMPLETE value=0\.\d{4} best=0\.\d{4} .* \d+\.\ds$", line) for line in lines)
-    assert any(re.match(r"\[2/2\] trial +1 PRUNED .*\(pruned after epoch 2\)$", line) for line in lines)
+    assert any(re.match(r"\[1/2\] trial +0 COMPLETE search value=0\.\d{4} best=0\.\d{4} .* \d+\.\ds$", line) for line in lines)
+    assert any(re.match(r"\[2/2\] trial +1 PRUNED   search .*\(pruned after epoch 2\)$", line) for line in lines)
     assert "━" not in live.log and "/step" not in live.log  # Keras's per-batch progress bars stay off
 
 

@@ -24,7 +24,8 @@ from search.cli import main
 from tests.conftest import make_env, write
 
 TINY = """
-study: {{name: {name}, n_trials: {n_trials}, sampler: {{type: random}}, pruner: {{type: none}}, validation: {{folds: 1}}}}
+study: {{name: {name}, n_trials: {n_trials}, sampler: {{type: random}}, pruner: {{type: none}}, validation: {{folds: 1}},
+        screen: false}}
 params:
   dataset: {dataset}
   image_size: 32
@@ -322,7 +323,7 @@ def test_signal_during_a_trial_closes_it_and_a_resume_continues(sig, code, tmp_p
     assert queued.state == optuna.trial.TrialState.WAITING and queued.params == stopped.params
     n_before = len(study.trials)
     short = tiny_space(tmp_path, name="sig", n_trials=1, extra=extra, file="space.yaml")
-    assert main(["study", "--space", str(short), "--storage", storage, "--n-trials", "1", "--timeout", "1"]) == 0
+    assert main(["study", "--space", str(short), "--storage", storage, "--n-trials", "1"]) == 0
     study = optuna.load_study(study_name="sig", storage=storage)
     assert len(study.trials) == n_before  # the resume ran the queued copy: the interrupted config again
     assert study.trials[-1].state.is_finished() and study.trials[-1].params == stopped.params

@@ -151,6 +151,7 @@ study:
   objectives: [accuracy, latency_ms]
   pruner: {{type: threshold, lower: 0.35, n_warmup_steps: 1}}
   validation: {{folds: 1}}
+  screen: false   # the queue is exactly the four trials below
 params:
   dataset: builtin:shapes
   image_size: {{choices: [32, 48]}}

@@ -17,7 +17,8 @@ CHOICES = ["tiny_cnn", "mobilenet_v2@0.35", "mobilenet@0.25"]
 def _space(name, storage, rank, enqueue=(), choices=CHOICES, **study):
     return parse_space({
         "study": {"name": name, "storage": storage, "n_trials": 2, "seed": 0, "sampler": {"type": "random"},
-                  "pruner": {"type": "none"}, "rank": rank, "validation": {"folds": 1}, **study},
+                  "pruner": {"type": "none"}, "rank": rank, "validation": {"folds": 1}, "screen": False,
+                  **study},
         "params": {"dataset": "builtin:shapes", "image_size": 32, "weights": "none", "warmup_epochs": 1,
                    "finetune_epochs": 1, "freeze": "frozen", "backbone": {"choices": list(choices)},
                    "dropout": {"low": 0.0, "high": 0.5}},

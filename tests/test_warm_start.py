@@ -70,7 +70,7 @@ def test_a_new_study_queues_an_earlier_winner_first_records_it_and_a_resume_does
                        (0.75, {"freeze": "frozen", "learning_rate": 0.001})])  # stored trials: no training needed
     best = optuna.load_study(study_name="ws_src", storage=default_storage_url("ws_src")).best_trial
     new = write(tmp_path / "new.yaml", """
-study: {name: ws_dst, n_trials: 1, seed: 1, sampler: {type: random}, validation: {folds: 1}}
+study: {name: ws_dst, n_trials: 1, seed: 1, sampler: {type: random}, validation: {folds: 1}, screen: false}
 params:
   dataset: builtin:shapes
   image_size: 32

@@ -24,7 +24,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from search.device import configure_devices
     from search.space import load_space
-    from search.study.run import run_study
+    from search.study.run import delivers, run_study
 
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")
@@ -35,5 +35,9 @@ def run(args) -> int:
         sources = args.warm_start[0] if args.warm_start in (["all"], ["portfolio"]) else args.warm_start
         space = space.with_study(warm_start={"from": sources, "top_k": (space.study.warm_start or {}).get("top_k", 3)})
     print(f"device: {configure_devices()}", flush=True)
-    run_study(space, n_trials=args.n_trials, timeout=args.timeout)
+    run_study(space, n_trials=args.n_trials, timeout=args.timeout, started=args.started)
+    if delivers(space):
+        from search.deliver.ensemble import deliver
+
+        deliver(space.study.name)
     return 0

@@ -132,17 +132,11 @@ def inference_model(model):
     preprocess, backbone, pooling, head), so the remaining layers are called in order, in inference mode,
     and the result is checked against the model on two random images.
     """
-    import keras
+    from search.models.ensemble import random_layer_types, without_augmentation
 
-    random = tuple(getattr(keras.layers, n) for n in dir(keras.layers)
-                   if n.startswith("Random") or n in ("RandAugment", "AugMix"))  # search.models.augment's
-    if not any(isinstance(layer, random) for layer in model.layers):
+    if not any(isinstance(layer, random_layer_types()) for layer in model.layers):
         return model
-    x = inputs = keras.Input(model.input_shape[1:], name=model.inputs[0].name)
-    for layer in model.layers:
-        if not isinstance(layer, (keras.layers.InputLayer, *random)):
-            x = layer(x, training=False)
-    stripped = keras.Model(inputs, x, name=model.name)
+    stripped = without_augmentation(model)
     # the chain is search.models.build's layout; check it rather than trust it (a model built otherwise fails here)
     probe = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype(np.float32)
     if not np.allclose(stripped(probe, training=False), model(probe, training=False), atol=1e-5):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers
 
 from search.config import TrialConfig
@@ -35,6 +36,27 @@ def build_model(cfg: TrialConfig, num_classes: int) -> keras.Model:
     # float32 output even under a mixed_float16 policy (GPU), for a stable softmax and loss
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=f"{cfg.backbone}_transfer")
+
+
+def head_layers(model: keras.Model) -> list:
+    """The layers above the pooling that hold weights (hidden dense and BatchNorm, the softmax layer), in order."""
+    return [layer for layer in model.layers
+            if layer.name == "predictions" or layer.name.startswith(("head_dense_", "head_bn_"))]
+
+
+def head_weights(model: keras.Model) -> list[np.ndarray]:
+    return [w for layer in head_layers(model) for w in layer.get_weights()]
+
+
+def set_head_weights(model: keras.Model, weights: list[np.ndarray]) -> None:
+    """Load what head_weights gave (a model of the same head, built from a config of the same head and classes)."""
+    weights = list(weights)
+    for layer in head_layers(model):
+        count = len(layer.get_weights())
+        layer.set_weights(weights[:count])
+        weights = weights[count:]
+    if weights:
+        raise ValueError(f"{len(weights)} head weight array(s) left over: not the same head")
 
 
 def get_backbone_model(model: keras.Model) -> keras.Model:

@@ -116,7 +116,8 @@ def _parse_study(data: Any, fail) -> StudySettings:
     for key, value in data.items():
         if key not in STUDY_KEYS:
             fail(f"study.{key}", f"unknown key; valid: {', '.join(STUDY_KEYS)}")
-        if value is not None and (isinstance(value, bool) or not isinstance(value, STUDY_KEYS[key])):
+        if value is not None and (isinstance(value, bool) != (STUDY_KEYS[key] is bool)
+                                  or not isinstance(value, STUDY_KEYS[key])):
             fail(f"study.{key}", f"expected {_type_name(STUDY_KEYS[key])}, got {value!r}")
     if data.get("n_trials") is not None and data["n_trials"] < 1:
         fail("study.n_trials", "must be at least 1")

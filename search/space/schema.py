@@ -58,7 +58,9 @@ STUDY_KEYS = {"name": str, "storage": str, "n_trials": int, "timeout": (int, flo
               "sampler": dict, "pruner": dict, "objectives": list,
               "rank": dict,  # LogME ranking when the study is created: search/study/prerank.py
               "validation": dict,  # {folds: auto | K}: cross-validated trials, search/data/folds.py
-              "warm_start": dict}  # {from: [study | URL] | all | portfolio, top_k}: search/study/warm_start.py
+              "warm_start": dict,  # {from: [study | URL] | all | portfolio, top_k}: search/study/warm_start.py
+              "screen": bool,  # the frozen recipe on every backbone x image size first: search/study/plan.py
+              "deliver": bool}  # keep the best trials' fold models and deliver an ensemble: search/deliver/ensemble.py
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class StudySettings:
     rank: dict | None = None  # {top_k, enqueue}: LogME ranking when the study is created (search/study/prerank.py)
     validation: dict = field(default_factory=lambda: {"folds": "auto"})  # K-fold trials (search/data/folds.py)
     warm_start: dict | None = None  # {from, top_k}: earlier studies' best configs first (search/study/warm_start.py)
+    screen: bool = True  # screening trials first: the seeds' frozen recipe on every backbone x size (study/plan.py)
+    deliver: bool = True  # keep the best trials' fold models; deliver an ensemble of them (deliver/ensemble.py)
 
     @property
     def storage_url(self) -> str:

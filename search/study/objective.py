@@ -26,11 +26,16 @@ from search.config import TrialConfig
 from search.data.datasets import load_search_data
 from search.data.folds import best_finetune_epochs, study_folds
 from search.errors import TrialError, UserError
+from search.models.build import head_weights
 from search.models.cost import COSTS, architecture, measure
+from search.models.freezing import get_strategy
 from search.space import Space, sample
+from search.study import plan
+from search.study.heads import HeadStore
+from search.study.members import Keeper
 from search.study.pruning import trial_kind
 from search.study.record import TrialRecord, write
-from search.training.crossval import CVResult, cross_validate
+from search.training.crossval import CVResult, cross_validate, cv_folds
 from search.training.train import TrainResult, train
 
 
@@ -59,31 +64,65 @@ class Objective:
         self.fold_step0 = most("warmup_epochs") + most("finetune_epochs")
         self.fold = 0  # the fold being trained (cross-validated trials), for the `ended` message
         self.interrupted: int | None = None  # the number of the trial a Ctrl-C or SIGTERM stopped
+        self.heads = HeadStore(space.study.name)
+        self._fixed = {name: space.fixed(name) for name in ("backbone", "image_size", "freeze")}  # for plan.refusal
+        # the best trials' fold models, for delivery (search/deliver/ensemble.py); a Pareto study's choice is the user's
+        self.keeper = Keeper(space.study.name) if space.study.deliver and space.study.cost is None else None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.trial_started = time.monotonic()
         cfg = sample(trial, self.space)
         write(trial, config=cfg.to_dict())
+        if TrialRecord.of(trial).stage is None:
+            write(trial, stage=plan.SEARCH)
+        left = None if self.deadline is None else self.deadline - time.monotonic()
+        why = plan.refusal(trial.study, trial.params, self._fixed, left, self.budget_s)
+        if why:  # before anything is built: a refused trial costs nothing
+            write(trial, ended=f"not started: {why}")
+            if left is not None and plan.nothing_fits(trial.study, left):
+                trial.study.stop()  # no trial of any kind so far took as little as the time left
+            raise optuna.TrialPruned(f"not started: {why}")
         data = search_data_for(cfg)
         folds = study_folds(trial.study)
         curve: list[dict] = []
         seconds_by_phase: dict = {}  # where the trial's time went (search.training.train.PHASES)
         result = None
         callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal(), self._deadline()) if c is not None]
+        kept = False
+        screened: list = []  # a screening trial's head per fold, for the fine-tuning trials (search/study/heads.py)
+        head_for = self._screened_head(trial, cfg, folds)
         try:
+            if self.keeper:
+                self.keeper.begin(trial.number)
+
+            def keep_fold(i, model):
+                if self.keeper:
+                    self.keeper.save_fold(trial.number, i, model)
+                if TrialRecord.of(trial).stage == plan.SCREEN:
+                    screened.append(head_weights(model))
+
             if folds > 1:
                 cv = cross_validate(cfg, folds, lambda i: self._fold_callbacks(i, callbacks, cfg), curve,
-                                    lambda i, values: self._race(trial, i, folds, values), seconds_by_phase)
+                                    lambda i, values: self._race(trial, i, folds, values), seconds_by_phase,
+                                    keep_fold, head_for)
                 result = cv.result
                 record_result(trial, result)
                 record_cv(trial, cv)
+                probabilities, labels = cv.oof_probabilities, cv_folds(cfg, folds)[0].labels
             else:
                 result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve,
-                               seconds_by_phase=seconds_by_phase)
+                               seconds_by_phase=seconds_by_phase, head=head_for(0))
+                keep_fold(0, result.model)
                 record_result(trial, result)
                 write(trial, refit_epochs=best_finetune_epochs(curve, cfg.warmup_epochs))
+                probabilities, labels = result.probabilities, data.val.labels
+            if screened:
+                self.heads.save(cfg, screened, trial.number)
             cost_name = self.space.study.cost
             if cost_name is None:
+                if self.keeper:
+                    self.keeper.finish(trial.number, result.metrics["accuracy"], cfg.to_dict(), probabilities, labels)
+                    kept = True
                 return result.metrics["accuracy"]
             spent = self._cost(trial, cost_name, result.model, cfg.image_size)
             write(trial, **{cost_name: spent})
@@ -120,6 +159,8 @@ class Objective:
             write(trial, traceback=traceback.format_exc()[-4000:])
             raise TrialError(reason) from exc
         finally:
+            if self.keeper and not kept:
+                self.keeper.discard(trial.number)
             write(trial, curve=[_round(r) for r in curve],
                   seconds_by_phase={k: round(v, 3) for k, v in seconds_by_phase.items()})
             for reporter in self.reporters:
@@ -129,6 +170,17 @@ class Objective:
                     write(trial, reporter_error=f"{type(exc).__name__}: {exc}"[:300])
             keras.backend.clear_session()  # without these two, memory grows trial after trial
             gc.collect()
+
+    def _screened_head(self, trial: optuna.Trial, cfg: TrialConfig, folds: int):
+        """fold -> the screened head a fine-tuning trial starts from (LP-FT), or -> None (a fresh warm-up)."""
+        if not get_strategy(cfg.freeze).trains_backbone:
+            return lambda fold: None
+        found = self.heads.load(cfg, folds)
+        if found is None:
+            return lambda fold: None
+        heads, number = found
+        write(trial, head_from=f"screened head of trial {number}")
+        return lambda fold: heads[fold]
 
     @staticmethod
     def _cost(trial: optuna.Trial, name: str, model, image_size: int) -> float:
@@ -166,12 +218,17 @@ class Objective:
             raise DeadlineReached(None)
         if self.space.study.cost is not None:
             return  # multi-objective: Optuna cannot prune
+        if self.space.study.pruner["type"] == "none":
+            return  # the user asked for no pruning: every trial runs its folds
         step = self.fold_step0 + fold
         trial.report(mean, step=step)
         if self._leads(trial, mean):
             return  # at or above the study's best value: the race never stops the trial that leads
         if self._cheap(fold, folds):
             return  # its other folds cost next to nothing: stopping it saves nothing and risks a good config
+        trails = self._trails_incumbent(trial, fold, mean)
+        if trails:
+            raise FoldPruned(f"after fold {fold + 1} of {folds}: mean val_accuracy {mean:.4f} so far, {trails}")
         if self._loses_race(trial, step, mean):
             raise FoldPruned(f"after fold {fold + 1} of {folds}: mean val_accuracy {mean:.4f} so far")
 
@@ -190,6 +247,22 @@ class Objective:
         values = [t.value for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                   if t.value is not None]
         return bool(values) and mean >= max(values)
+
+    @staticmethod
+    def _trails_incumbent(trial: optuna.Trial, fold: int, mean: float) -> str | None:
+        """Why the trial is clearly behind the incumbent (the best completed trial), or None: its running mean is
+        below the incumbent's value by more than two standard errors of a mean of fold+1 folds, the fold spread
+        being the incumbent's own (at least MIN_FOLD_STD). The median of all trials says little once a strong
+        incumbent exists: a trial at the median then only wastes its remaining folds."""
+        try:
+            best = trial.study.best_trial
+        except ValueError:
+            return None  # nothing completed yet
+        spread = max(TrialRecord.of(best).cv_std or 0.0, MIN_FOLD_STD)
+        margin = 2 * spread / (fold + 1) ** 0.5
+        if mean < best.value - margin:
+            return f"below the incumbent's {best.value:.4f} (trial {best.number}) by more than {margin:.4f}"
+        return None
 
     def _loses_race(self, trial: optuna.Trial, step: int, mean: float) -> bool:
         """The median rule on the running mean itself. Optuna's median pruner judges a trial by its best value
@@ -225,6 +298,8 @@ class Objective:
 # A trial whose remaining folds cost at most this share of the budget is not raced: on a 13-class set a 4.7 s
 # frozen trial was stopped after fold 1, above the study's best (issue 27); its 2 other folds would have cost 3 s.
 CHEAP_SHARE = 0.01
+# the least fold-to-fold spread the incumbent race assumes (a 3-fold incumbent can show a std of 0 by chance)
+MIN_FOLD_STD = 0.01
 
 
 class FineTunePruning(KerasPruningCallback):

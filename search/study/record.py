@@ -43,6 +43,8 @@ class TrialRecord:
     params: int | None = None
     size_mb: float | None = None
     # bookkeeping
+    head_from: str | None = None  # "screened head of trial N": a fine-tuning trial's LP-FT start (study/heads.py)
+    stage: str | None = None  # "screen" for the frozen recipe queued on every backbone x size first (study/plan.py)
     warm_start: str | None = None  # "study X trial N (value V)": queued from an earlier study (warm_start.py)
     worker: str | None = None  # host:pid of the worker process that ran it (search/study/workers.py)
     reporter_error: str | None = None  # an artifact that could not be written (the trial itself stands)

@@ -16,7 +16,7 @@ from search.data.folds import FOLDS_ATTR, choose_folds, study_folds
 from search.errors import TrialError, UserError
 from search.models.backbones import build_backbone, get_backbone
 from search.space import Space, backbone_variants
-from search.study import prerank, warm_start
+from search.study import plan, prerank, warm_start
 from search.study.artifacts import ArtifactReporter, artifact_dir, save_study_note
 from search.study.objective import Objective, StopAfterFailures
 from search.study.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
@@ -111,7 +111,9 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
         baselines = prerank.on_new_study(study, space)  # study.rank: LogME ranking, once, before any trial
         study.set_user_attr(FOLDS_ATTR, resolve_folds(space))  # before the space: a study with one has both
         study.set_user_attr(SPACE_ATTR, space.raw)
-        for params in baselines:  # baselines first, once, when the study is new
+        for params in plan.screening_trials(prerank.restricted(space, study)):  # seconds each: first (plan.py)
+            study.enqueue_trial(params, user_attrs={"stage": plan.SCREEN}, skip_if_exists=True)
+        for params in baselines:  # baselines next, once, when the study is new
             study.enqueue_trial(params, skip_if_exists=True)
     elif stored.get("params") != space.raw.get("params"):
         changed = sorted(k for k in set(stored.get("params", {})) | set(space.raw.get("params", {}))
@@ -199,8 +201,9 @@ def print_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, prefix: st
     params = " ".join(f"{k}={_fmt(trial.params[k])}" for k in keys if k in trial.params)
     ended = TrialRecord.of(trial).ended or ""
     note = f" ({ended})" if trial.state != optuna.trial.TrialState.COMPLETE and ended else ""
+    stage = TrialRecord.of(trial).stage or plan.SEARCH
     # tqdm.write prints above optuna's progress bar when one is shown, like print otherwise
-    tqdm.write(f"{prefix}trial {trial.number:3d} {trial.state.name:8s} {score} {params} {seconds:.1f}s{note}")
+    tqdm.write(f"{prefix}trial {trial.number:3d} {trial.state.name:8s} {stage:6s} {score} {params} {seconds:.1f}s{note}")
     sys.stdout.flush()
 
 
@@ -246,8 +249,10 @@ def _fmt(v) -> str:
 
 
 def run_study(space: Space, n_trials: int | None = None, timeout: float | None = None,
-              reporters=None) -> optuna.Study:
-    """reporters=None: the default, per-trial artifacts and notes for optuna-dashboard; () for none."""
+              reporters=None, started: float | None = None) -> optuna.Study:
+    """reporters=None: the default, per-trial artifacts and notes for optuna-dashboard; () for none.
+    started: the time.monotonic() the budget counts from (the command's start; default: now)."""
+    started = time.monotonic() if started is None else started
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prepare(space)
     study = open_study(space)
@@ -262,19 +267,25 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
           f"{run_plan(n_trials, timeout)}", flush=True)
     print(describe_data(study, space), flush=True)
     print(describe_validation(study, space), flush=True)
-    started = time.perf_counter()
-    deadline = time.monotonic() + timeout if timeout else None  # running trials stop there too
+    searching = plan.search_seconds(timeout, delivers(space))  # the rest of the budget builds the delivered model
+    deadline = started + searching if timeout else None  # running trials stop there too
+    searching = deadline - time.monotonic() if timeout else None  # what is left of it after the preparations
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
     objective = Objective(space, reporters, deadline, budget_s=timeout)
     try:
-        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(TrialError,),
+        study.optimize(objective, n_trials=n_trials, timeout=max(searching, 0.0) if timeout else None, catch=(TrialError,),
                        callbacks=[Progress(n_trials, deadline), StopAfterFailures()], gc_after_trial=True,
                        show_progress_bar=sys.stderr.isatty())
     except KeyboardInterrupt:  # the CLI prints the one line; a resume runs the interrupted trial first
         requeue_interrupted(study, objective.interrupted, log=lambda line: None)
         raise
-    summarize(study, time.perf_counter() - started)
+    summarize(study, time.monotonic() - started)
     return study
+
+
+def delivers(space: Space) -> bool:
+    """Whether the study keeps its best trials' fold models and delivers a model from them at the end."""
+    return space.study.deliver and space.study.cost is None
 
 
 def summarize(study: optuna.Study, seconds: float) -> None:

@@ -27,6 +27,7 @@ class CVResult:
     result: TrainResult  # value = mean fold accuracy; other metrics from the pooled out-of-fold predictions
     fold_values: list[float]  # validation accuracy of each fold
     best_epochs: list[int]  # fine-tuning epochs to each fold's best validation accuracy
+    oof_probabilities: np.ndarray | None = None  # softmax of every pool image by the fold that did not train on it
 
     @property
     def mean_std(self) -> tuple[float, float]:
@@ -45,25 +46,32 @@ def cv_folds(cfg: TrialConfig, k: int):
 
 def cross_validate(cfg: TrialConfig, k: int, callbacks_for: Callable[[int], list], curve: list,
                    after_fold: Callable[[int, list[float]], None] = lambda i, values: None,
-                   seconds_by_phase: dict | None = None) -> CVResult:
+                   seconds_by_phase: dict | None = None,
+                   fold_model: Callable[[int, keras.Model], None] = lambda i, model: None,
+                   head_for: Callable[[int], list | None] = lambda i: None) -> CVResult:
     """Train the K folds in order. `callbacks_for(i)` gives fold i's Keras callbacks; `curve` receives
-    fold 0's epochs (the trial's learning curve); `after_fold(i, values so far)` runs after each fold;
-    `seconds_by_phase` sums every fold's (search.training.train.PHASES)."""
+    fold 0's epochs (the trial's learning curve); `fold_model(i, model)` gets each fold's trained model (to
+    keep it) and `after_fold(i, values so far)` runs after it; `seconds_by_phase` sums every fold's
+    (search.training.train.PHASES); `head_for(i)`: trained head weights fold i starts from (train's `head`), or None."""
 
     pool, folds, names = cv_folds(cfg, k)
     values, best, results, truth = [], [], [], []
+    oof = np.zeros((len(pool), len(names)), np.float32)
     for i, (train_idx, val_idx) in enumerate(folds):
         fold_curve = curve if i == 0 else []
         if i > 0:
             keras.backend.clear_session()  # the previous fold's model is no longer needed
         result = train(dataclasses.replace(cfg, seed=cfg.seed + i), subset(pool, train_idx), subset(pool, val_idx),
-                       names, callbacks=callbacks_for(i), curve=fold_curve, seconds_by_phase=seconds_by_phase)
+                       names, callbacks=callbacks_for(i), curve=fold_curve, seconds_by_phase=seconds_by_phase,
+                       head=head_for(i))
         values.append(result.metrics["accuracy"])
         best.append(best_finetune_epochs(fold_curve, cfg.warmup_epochs))
         truth.append(pool.labels[val_idx])
+        oof[val_idx] = result.probabilities
+        fold_model(i, result.model)
         results.append(dataclasses.replace(result, model=None) if i < k - 1 else result)
         after_fold(i, list(values))
-    return CVResult(_combined(results, truth, values, names, curve), values, best)
+    return CVResult(_combined(results, truth, values, names, curve), values, best, oof)
 
 
 def _combined(results: list[TrainResult], truth: list[np.ndarray], values: list[float], names, curve) -> TrainResult:

@@ -29,7 +29,8 @@ from search.config import TrialConfig
 from search.data.datasets import Split, with_mirrors
 from search.errors import TrialError
 from search.models.augment import get_augmentation, get_mix
-from search.models.build import apply_freezing, build_model, count_params, layer_rates, pull_to_start, release
+from search.models.build import (apply_freezing, build_model, count_params, layer_rates, pull_to_start, release,
+                                 set_head_weights)
 from search.models.optimizers import make_optimizer, unrated, warmup_optimizer
 from search.training import cache, cut
 from search.training.metrics import classification_metrics
@@ -48,6 +49,7 @@ class TrainResult:
     curve: list[dict] = field(default_factory=list)  # one record per epoch: epoch, phase, seconds, logs
     seconds_by_phase: dict = field(default_factory=dict)  # see PHASES
     predictions: np.ndarray | None = None  # predicted class per image of the evaluation split
+    probabilities: np.ndarray | None = None  # softmax per image of the evaluation split (ensembles are built on these)
 
 
 # Where a trial's time goes (TrainResult.seconds_by_phase; the study profile of `make bench-peer` sums them):
@@ -248,12 +250,16 @@ def train(
     callbacks=(),
     curve: list | None = None,
     seconds_by_phase: dict | None = None,
+    head: list[np.ndarray] | None = None,
 ) -> TrainResult:
     """Train `cfg` on train_split, validating per epoch on eval_split; `callbacks` go to both phases.
 
     eval_split None: the final refit on every non-test image (search.deliver.retrain), for exactly cfg's epochs:
     no validation, no early stopping, and a TrainResult without metrics or predictions.
-    `curve` and `seconds_by_phase` (PHASES) may be caller-owned, so that a pruned trial keeps them."""
+    `curve` and `seconds_by_phase` (PHASES) may be caller-owned, so that a pruned trial keeps them.
+    head: trained head weights (search.models.build.head_weights of a model with this head, trained on this
+    train split) to start from: LP-FT (Kumar et al. 2022), phase 1's warm-up is then skipped, and phase 2
+    keeps its epoch numbers (W..W+F-1), so its pruning steps are those of every other trial."""
     if eval_split is None and cfg.early_stopping_patience > 0:
         raise ValueError("a fit without a validation split runs a fixed number of epochs: "
                          "set early_stopping_patience to 0")
@@ -268,6 +274,8 @@ def train(
     try:
         with timed(clock, "build"):
             model = build_model(cfg, n_classes)
+            if head is not None:
+                set_head_weights(model, head)
             splits = [train_split] if eval_split is None else [train_split, eval_split]
             computed = (sum(map(len, distinct_bases(splits))) if all(s.origin for s in splits)
                         else sum(map(len, splits)))  # the images whose frozen outputs are computed and kept
@@ -294,7 +302,7 @@ def train(
             first.compile(warmup_optimizer(cfg), cfg, steps)
             initial_accuracy = float("nan") if eval_split is None else first.validation.evaluate()["val_accuracy"]
             last = first
-            if cfg.warmup_epochs > 0:
+            if cfg.warmup_epochs > 0 and head is None:
                 fit(phase1, 0, cfg.warmup_epochs, [EpochRecorder(curve, 1), *callbacks])
         if cfg.finetune_epochs > 0:
             with timed(clock, "finetune"):
@@ -324,7 +332,8 @@ def train(
     seconds = time.perf_counter() - started
     with timed(clock, "evaluate"):
         # the last phase's network is the full model's function (on cached tensors: one backbone pass saved)
-        y_pred = None if eval_split is None else np.argmax(last.validation.evaluate()["probabilities"], axis=1)
+        probs = None if eval_split is None else last.validation.evaluate()["probabilities"]
+        y_pred = None if probs is None else np.argmax(probs, axis=1)
         metrics = {} if y_pred is None else classification_metrics(eval_split.labels, y_pred, class_names)
     total, trainable = count_params(model)
     return TrainResult(
@@ -338,5 +347,6 @@ def train(
         seconds_per_epoch=float(np.mean([r["seconds"] for r in curve])) if curve else 0.0,
         curve=curve,
         predictions=y_pred,
+        probabilities=probs,
         seconds_by_phase={k: round(v, 3) for k, v in clock.items()},
     )

@@ -1,0 +1,104 @@
+"""How a study spends its budget: cheap, strong evidence first, and no trial that cannot pay for itself.
+
+1. Screening. A new study first queues the seeds' frozen recipe (frozen backbone, Adam 1e-3, dropout 0.2, every
+   other knob at its plain default) on every backbone x image size of the space. Each costs seconds: the frozen
+   part's outputs are computed once and cached, and only the head trains. The best of them is the study's first
+   incumbent, so by construction the study starts at least at the seeds' frozen recipe, by an honest value, and
+   every backbone x size has a real accuracy before TPE models anything.
+2. Cost. A trial whose like (same backbone, width, image size and kind of freezing) already ran is refused
+   before it starts when their wall time says it cannot finish in the time left, or would take more than
+   MAX_SHARE of the whole budget: on flowers one full fine-tune at 224 px took 46-57 % of a search.
+
+No Keras here: the objective asks `refusal` before it trains, run.py asks `screening_trials` for a new study.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from search.config import DEFAULTS
+from search.models.freezing import get_strategy
+from search.space import Space
+from search.space.schema import condition
+
+# the seeds' feature-extractor recipe (articles 000 and 002), on top of every knob's plain default
+SCREEN_RECIPE = {"freeze": "frozen", "optimizer": "adam", "learning_rate": 1e-3, "dropout": 0.2}
+SCREEN, SEARCH = "screen", "search"  # the stages a trial line and the dashboard name
+MAX_SHARE = 1 / 3  # no single trial may be planned to take more of the budget than this
+DELIVERY_SHARE = 0.1  # of a budget, kept for building and testing the delivered model (search/deliver/ensemble.py)
+
+
+def search_seconds(budget_s: float | None, delivers: bool) -> float | None:
+    """The part of a budget the trials may use: all of it, less DELIVERY_SHARE when a model is delivered."""
+    if not budget_s:
+        return budget_s
+    return budget_s * (1 - DELIVERY_SHARE) if delivers else budget_s
+
+
+def _allowed(space: Space, name: str, value) -> bool:
+    param = space.params[name]
+    if param.choices is not None:
+        return value in param.choices
+    return param.low <= value <= param.high
+
+
+def screening_trials(space: Space) -> list[dict]:
+    """The params of each screening trial, largest image size first (the seeds' own 224 px leads when present):
+    [] when the space cannot freeze the backbone, or screening is off (study.screen: false)."""
+    if not space.study.screen or "frozen" not in space.values("freeze"):
+        return []
+    sampled = {name for name, p in space.params.items() if not p.is_fixed}
+    values = {**DEFAULTS, **{n: space.fixed(n) for n in space.params if n not in sampled}, **SCREEN_RECIPE}
+    common = {}
+    for name in sorted(sampled - {"backbone", "image_size"}):
+        depends = condition(name)
+        if depends and not depends[1](values[depends[0]]):
+            continue  # not sampled for a frozen Adam trial (momentum, unfreeze_layers...)
+        if name in values and _allowed(space, name, values[name]):
+            common[name] = values[name]  # a knob whose plain value is outside the space is left to the sampler
+    backbones = list(space.params["backbone"].choices) if "backbone" in sampled else [None]
+    sizes = sorted(space.params["image_size"].choices, reverse=True) if "image_size" in sampled else [None]
+    return [{**common, **({"backbone": b} if b is not None else {}), **({"image_size": s} if s is not None else {})}
+            for s in sizes for b in backbones]
+
+
+def _like(params: dict, other: dict, fixed: dict) -> bool:
+    """Same backbone choice, image size and kind of freezing (the things a trial's time depends on most)."""
+    get = lambda p, k: p.get(k, fixed.get(k))  # noqa: E731
+    kind = lambda p: get_strategy(get(p, "freeze")).trains_backbone  # noqa: E731
+    return (get(params, "backbone") == get(other, "backbone") and get(params, "image_size") == get(other, "image_size")
+            and kind(params) == kind(other))
+
+
+def estimated_seconds(study: optuna.Study, params: dict, fixed: dict) -> tuple[float, int] | None:
+    """(mean wall seconds, how many) of the completed trials like this one; None when none completed yet."""
+    seconds = _seconds(study, lambda t: _like(params, t.params, fixed))
+    return (sum(seconds) / len(seconds), len(seconds)) if seconds else None
+
+
+def _seconds(study: optuna.Study, keep=lambda t: True) -> list[float]:
+    return [(t.datetime_complete - t.datetime_start).total_seconds()
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.datetime_start and t.datetime_complete and keep(t)]
+
+
+def nothing_fits(study: optuna.Study, left_s: float) -> bool:
+    """Every completed trial took longer than the time left: starting more only refuses them one by one."""
+    seconds = _seconds(study)
+    return bool(seconds) and min(seconds) > left_s
+
+
+def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None, budget_s: float | None) -> str | None:
+    """Why a trial with `params` should not start, or None. Only a budget refuses: a count-bound study runs all."""
+    if not budget_s:
+        return None
+    estimate = estimated_seconds(study, params, fixed)
+    if estimate is None:
+        return None
+    seconds, count = estimate
+    like = f"{count} like it took {seconds:.0f} s on average"
+    if left_s is not None and seconds > left_s:
+        return f"{like}, {left_s:.0f} s of the budget left"
+    if seconds > MAX_SHARE * budget_s:
+        return f"{like}, over a third of the budget ({budget_s:.0f} s)"
+    return None

@@ -1,0 +1,258 @@
+"""The staged study on the built-in data (issue 27): screening first on every backbone x size, the cost model that
+refuses a trial it cannot fit, the race against the incumbent, the kept fold models, the delivered ensemble and
+the whole command's budget."""
+
+import datetime
+import json
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import optuna
+import pytest
+
+from search.config import TrialConfig, study_dir
+from search.deliver.ensemble import choose, deliver, greedy_selection, score
+from search.models.build import build_model
+from search.models.ensemble import WeightedMean, ensemble_model
+from search.space import load_space, parse_space
+from search.study import plan
+from search.study.members import KEEP, Keeper, load_members
+from search.study.objective import FoldPruned, Objective
+from search.study.run import open_study, run_study
+from tests.conftest import make_env, write
+
+# Two backbones x two sizes: the screening covers all four pairs. MobileNetV2 has no built-in weights, so the
+# study that runs (RUN_SPACE) screens tiny_cnn, pretrained, at both sizes: a random backbone's head learns nothing.
+SPACE = """
+study:
+  name: {name}
+  n_trials: {n_trials}
+  seed: 0
+  sampler: {{type: random}}
+  pruner: {{type: none}}
+  validation: {{folds: 2}}
+params:
+  dataset: builtin:shapes
+  image_size: {{choices: [32, 48]}}
+  backbone: {{choices: [tiny_cnn, mobilenet_v2@0.35]}}
+  weights: none
+  warmup_epochs: 2
+  warmup_learning_rate: 0.05
+  finetune_epochs: 2
+  freeze: {{choices: [frozen, full]}}
+  optimizer: {{choices: [sgd, adam]}}
+  learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
+  dropout: {{low: 0.0, high: 0.5}}
+enqueue:
+  - {{backbone: tiny_cnn, image_size: 32, freeze: full, optimizer: sgd, learning_rate: 0.001, dropout: 0.1}}
+"""
+
+
+RUN_SPACE = SPACE.replace("[tiny_cnn, mobilenet_v2@0.35]", "[tiny_cnn]").replace("weights: none", "weights: builtin")
+
+
+def staged_space(tmp_path, name, n_trials=5, text=SPACE):
+    return load_space(write(tmp_path / f"{name}.yaml", text.format(name=name, n_trials=n_trials)))
+
+
+def test_screening_trials_cover_every_backbone_and_size_with_the_seeds_frozen_recipe(tmp_path):
+    screens = plan.screening_trials(staged_space(tmp_path, "screens"))
+    assert [(p["image_size"], p["backbone"]) for p in screens] == [
+        (48, "tiny_cnn"), (48, "mobilenet_v2@0.35"), (32, "tiny_cnn"), (32, "mobilenet_v2@0.35")]
+    for params in screens:  # momentum belongs to sgd: not given to an Adam trial
+        assert {k: v for k, v in params.items() if k not in ("image_size", "backbone")} == {
+            "freeze": "frozen", "optimizer": "adam", "learning_rate": 1e-3, "dropout": 0.2}
+    off = parse_space({"study": {"screen": False}, "params": {"freeze": {"choices": ["frozen", "full"]}}}, "s.yaml")
+    assert plan.screening_trials(off) == []
+    cannot = parse_space({"params": {"freeze": {"choices": ["top_layers", "full"]}, "unfreeze_layers": 2}}, "s.yaml")
+    assert plan.screening_trials(cannot) == []  # no frozen trial in this space: nothing to screen
+
+
+def test_the_screening_stage_runs_first_and_its_lines_say_so(tmp_path, capsys):
+    space = staged_space(tmp_path, "screenfirst", n_trials=3, text=RUN_SPACE)
+    study = run_study(space, reporters=())
+    first = study.trials[:2]
+    assert [t.user_attrs["stage"] for t in first] == ["screen"] * 2
+    assert [t.params["image_size"] for t in first] == [48, 32] and all(t.params["freeze"] == "frozen" for t in first)
+    assert study.trials[2].user_attrs["stage"] == "search"  # the space's own recipe comes after
+    lines = [line for line in capsys.readouterr().out.splitlines() if " trial " in line]
+    assert all(" screen " in line for line in lines[:2]) and " search " in lines[2]
+
+    # LP-FT: the full fine-tune of tiny_cnn at 32 px starts each fold from the head screened on that fold
+    finetune, screened = study.trials[2], first[1]
+    assert finetune.params["freeze"] == "full" and finetune.state == optuna.trial.TrialState.COMPLETE
+    assert finetune.user_attrs["head_from"] == f"screened head of trial {screened.number}"
+    assert screened.value > 0.4  # a head that learned (chance is 0.2), so equal accuracies mean equal heads
+    assert finetune.user_attrs["initial_val_accuracy"] == pytest.approx(screened.value, abs=1e-3)
+    assert [r["phase"] for r in finetune.user_attrs["curve"]] == [2, 2]  # no warm-up: the 2 fine-tuning epochs
+    assert all("head_from" not in t.user_attrs for t in first)  # the screening trials warm their own heads up
+
+
+CHOICES = {"backbone": ["tiny_cnn", "mobilenet_v2@0.35"], "image_size": [32, 48], "freeze": ["frozen", "full"]}
+
+
+def _completed(study, params, seconds, value=0.8):
+    """A completed trial of SPACE's distributions that ran for `seconds`."""
+    trial = optuna.trial.create_trial(
+        params=params, value=value,
+        distributions={k: optuna.distributions.CategoricalDistribution(CHOICES[k]) for k in params})
+    trial.datetime_start = datetime.datetime(2026, 1, 1)
+    trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=seconds)
+    study.add_trial(trial)
+
+
+def test_a_trial_the_cost_model_cannot_fit_is_not_started(tmp_path):
+    """Two full fine-tunes like it took 100 s each; with 60 s left the third is refused before anything is built,
+    and since no trial so far took under 60 s, the study starts nothing more. A frozen trial never measured runs."""
+    space = staged_space(tmp_path, "costly")
+    study = optuna.create_study(direction="maximize")
+    dear = {"backbone": "tiny_cnn", "image_size": 32, "freeze": "full"}
+    for _ in range(2):
+        _completed(study, dear, seconds=100)
+    objective = Objective(space, deadline=time.monotonic() + 60, budget_s=1000)
+    study.enqueue_trial({**dear, "optimizer": "adam", "learning_rate": 1e-3, "dropout": 0.0})
+    study.optimize(objective, n_trials=3)
+    refused = study.trials[2]
+    assert refused.state == optuna.trial.TrialState.PRUNED
+    assert refused.user_attrs["ended"].startswith("not started: 2 like it took 100 s on average, ")
+    assert "curve" not in refused.user_attrs and "seconds_by_phase" not in refused.user_attrs  # nothing trained
+    assert len(study.trials) == 3  # stopped: nothing measured fits in the time left
+
+    # a share of the budget: with plenty of time left, a trial like ones that took over a third of it is refused
+    assert "over a third of the budget" in plan.refusal(study, dear, {}, left_s=900, budget_s=240)
+    assert plan.refusal(study, dear, {}, left_s=900, budget_s=400) is None
+    assert plan.refusal(study, {**dear, "freeze": "frozen"}, {}, left_s=10, budget_s=400) is None  # unmeasured
+    assert plan.refusal(study, dear, {}, left_s=10, budget_s=None) is None  # a count-bound run starts every trial
+
+
+def test_the_fold_race_stops_a_trial_that_trails_the_incumbent():
+    """The median of the completed trials (0.5) would let a trial at 0.80 after 2 folds run on; the incumbent
+    (0.90, fold std 0.01) stops it: 0.80 < 0.90 - 2 * 0.01 / sqrt(2). A trial within that margin races on."""
+    space = parse_space({"study": {"pruner": {"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0}},
+                         "params": {"warmup_epochs": 2, "finetune_epochs": 2}}, "s.yaml")
+    objective = Objective(space)
+    step = objective.fold_step0 + 1
+    study = optuna.create_study(direction="maximize")
+    for value, std in ((0.9, 0.01), (0.5, 0.05), (0.5, 0.05), (0.45, 0.05)):  # the median: 0.5
+        study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={step: value},
+                                                  user_attrs={"cv_std": std}))
+    behind = study.ask()
+    with pytest.raises(FoldPruned, match=r"after fold 2 of 3: mean val_accuracy 0.8000 so far, below the "
+                                         r"incumbent's 0.9000 \(trial 0\) by more than 0.0141"):
+        objective._race(behind, 1, 3, [0.8, 0.8])
+    close = study.ask()
+    objective._race(close, 1, 3, [0.89, 0.8900])  # 0.89 >= 0.8859: races on
+    assert study.trials[close.number].intermediate_values[step] == pytest.approx(0.89)
+
+
+def test_greedy_selection_adds_a_complementary_model_and_leaves_a_useless_one():
+    """Three classes, six images. A is right on 0-3, B on 2-5 (each 4/6); their mean is right on all six. C is
+    always confidently wrong and is never chosen."""
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    eye = np.eye(3)
+    wrong = eye[(labels + 1) % 3]
+    a = np.where(np.arange(6)[:, None] < 4, 0.6 * eye[labels] + 0.2, 0.6 * wrong + 0.2)
+    b = np.where(np.arange(6)[:, None] >= 2, 0.6 * eye[labels] + 0.2, 0.4 * wrong + 0.3)
+    counts = greedy_selection({1: a, 2: b, 3: 0.9 * wrong + 0.05}, labels)
+    assert set(counts) == {1, 2}
+    mixed = sum(counts[n] * {1: a, 2: b}[n] for n in counts) / sum(counts.values())
+    assert score(mixed, labels)[0] == 1.0 and score(a, labels)[0] == pytest.approx(4 / 6)
+    assert greedy_selection({1: a, 3: 0.9 * wrong + 0.05}, labels) == {1: 1}  # nothing helps A: A alone
+
+
+def _tiny(size: int, seed: int) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    return build_model(TrialConfig(image_size=size, weights="none", augment="light"), 5)
+
+
+def test_the_delivered_ensemble_predicts_the_mean_of_its_members(tmp_path):
+    """Members at 48 and 32 px (the latter resized inside: bilinear, as TFLite can), weights 3:1; the
+    model saves as one .keras file that loads in safe mode and predicts the same."""
+    members = [(_tiny(48, 1), 3.0), (_tiny(32, 2), 1.0)]
+    model = ensemble_model(members)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 48, 48, 3)).astype(np.float32)
+    own = [keras.ops.convert_to_numpy(m(images if m.input_shape[1] == 48 else
+                                        keras.ops.image.resize(images, (32, 32)), training=False))
+           for m, _ in members]
+    expected = 0.75 * own[0] + 0.25 * own[1]
+    got = keras.ops.convert_to_numpy(model(images))  # no training=False needed: nothing random is left inside
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert not np.allclose(own[0], own[1], atol=1e-3)  # the mean is not trivially either member
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded(images)), expected, atol=1e-5)
+    assert any(isinstance(layer, WeightedMean) for layer in loaded.layers)
+
+
+@pytest.mark.slow
+def test_the_delivered_ensemble_converts_to_tflite_as_one_model():
+    from search.deliver.tflite import LiteModel, convert
+
+    model = ensemble_model([(_tiny(48, 1), 1.0), (_tiny(32, 2), 1.0)])
+    files = convert(model)
+    images = np.random.default_rng(1).uniform(0, 255, (1, 48, 48, 3)).astype(np.float32)
+    lite = LiteModel(files["tflite_float"], threads=1)
+    np.testing.assert_allclose(lite(images), keras.ops.convert_to_numpy(model(images)), atol=1e-4)
+
+
+def test_a_study_keeps_its_best_trials_models_and_delivers_from_them(tmp_path):
+    """Every completed trial's fold models and out-of-fold softmax are kept (KEEP at most); a pruned or failed
+    trial leaves nothing; the delivered model is chosen by out-of-fold accuracy and tested once."""
+    space = staged_space(tmp_path, "kept", n_trials=6, text=RUN_SPACE)
+    study = run_study(space, reporters=())
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    members = load_members("kept")
+    best = sorted(completed, key=lambda t: (-t.value, t.number))[:KEEP]
+    assert [m.number for m in members] == [t.number for t in best]
+    for member in members:
+        assert len(member.weights) == 2  # two folds
+        oof, labels = member.oof(), member.labels()
+        assert oof.shape == (len(labels), 5) and np.allclose(oof.sum(axis=1), 1, atol=1e-4)
+        accuracy = float(np.mean(oof.argmax(1) == labels))
+        # the trial's value is the mean of its fold accuracies; pooled out-of-fold accuracy is within a fold's share
+        assert abs(accuracy - member.value) < 0.02
+    assert not list((study_dir("kept") / "members").glob(".trial-*"))  # nothing half-written left
+    target = deliver("kept", log=lambda line: None)
+    report = json.loads((target / "report.json").read_text())
+    chosen = choose(members)
+    assert report["kind"] == chosen["kind"] and report["best_trial"] == best[0].number
+    assert report["evidence_oof_accuracy"]["fold ensemble"] == pytest.approx(
+        float(np.mean(members[0].oof().argmax(1) == members[0].labels())))
+    assert 0.0 <= report["test_accuracy"] <= 1.0 and report["test_images"] == 150
+    import search.models.preprocess  # noqa: F401 (registers the Preprocess layer)
+
+    model = keras.models.load_model(target / "model.keras", safe_mode=True)
+    assert model.output_shape == (None, 5)
+
+
+def test_the_keeper_keeps_only_the_best(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_SEARCH_HOME", str(tmp_path))
+    keeper = Keeper("few", keep=2)
+    probs, labels = np.full((3, 2), 0.5, np.float32), np.array([0, 1, 0])
+    for number, value in ((0, 0.5), (1, 0.9), (2, 0.7), (3, 0.6)):
+        keeper.begin(number)
+        keeper.finish(number, value, {"n": number}, probs, labels)
+    keeper.begin(4)
+    keeper.discard(4)  # a pruned trial
+    assert [m.number for m in load_members("few")] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "few" / "members").iterdir()) == ["trial-1", "trial-2"]
+
+
+@pytest.mark.slow
+def test_the_whole_command_keeps_its_budget():
+    """`python -m search study --timeout 40` on the built-in default ends, delivery included, within 40 s + 5 %,
+    counted from before the process starts (TensorFlow's import and the data's decoding are in the budget)."""
+    from search.models.tiny_cnn import pretrained_tiny_cnn
+
+    pretrained_tiny_cnn()  # made once per test run (conftest): not this command's work
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "search", "study", "--timeout", "40", "--name", "budget"],
+                          env=make_env(), capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "running 20 more (at most 0:40)" in done.stdout
+    assert "delivered: " in done.stdout and (study_dir("budget") / "delivered" / "model.keras").is_file()
+    assert seconds <= 40 * 1.05, (seconds, done.stdout[-3000:])
