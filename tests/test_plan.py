@@ -71,24 +71,42 @@ def test_screening_trials_cover_every_backbone_and_size_with_the_seeds_frozen_re
     assert plan.screening_trials(cannot) == []  # no frozen trial in this space: nothing to screen
 
 
-def test_the_screening_stage_runs_first_and_its_lines_say_so(tmp_path, capsys):
-    space = staged_space(tmp_path, "screenfirst", n_trials=3, text=RUN_SPACE)
-    study = run_study(space, reporters=())
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory):
+    """One real staged study of 4 trials (two screening trials, the queued full fine-tune, one sampled), its run's
+    output lines, and its delivery."""
+    import contextlib
+    import io
+
+    space = staged_space(tmp_path_factory.mktemp("staged"), "staged", n_trials=4, text=RUN_SPACE)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        study = run_study(space, reporters=())
+    return study, out.getvalue()
+
+
+@pytest.mark.slow
+def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
+    study, out = staged
     first = study.trials[:2]
     assert [t.user_attrs["stage"] for t in first] == ["screen"] * 2
     assert [t.params["image_size"] for t in first] == [48, 32] and all(t.params["freeze"] == "frozen" for t in first)
     assert study.trials[2].user_attrs["stage"] == "search"  # the space's own recipe comes after
-    lines = [line for line in capsys.readouterr().out.splitlines() if " trial " in line]
+    lines = [line for line in out.splitlines() if " trial " in line]
     assert all(" screen " in line for line in lines[:2]) and " search " in lines[2]
 
-    # LP-FT: the full fine-tune of tiny_cnn at 32 px starts each fold from the head screened on that fold
-    finetune, screened = study.trials[2], first[1]
+
+@pytest.mark.slow
+def test_a_fine_tuning_trial_starts_from_its_screened_head(staged):
+    """LP-FT: the full fine-tune of tiny_cnn at 32 px starts each fold from the head screened on that fold."""
+    study, _ = staged
+    finetune, screened = study.trials[2], study.trials[1]
     assert finetune.params["freeze"] == "full" and finetune.state == optuna.trial.TrialState.COMPLETE
     assert finetune.user_attrs["head_from"] == f"screened head of trial {screened.number}"
     assert screened.value > 0.4  # a head that learned (chance is 0.2), so equal accuracies mean equal heads
     assert finetune.user_attrs["initial_val_accuracy"] == pytest.approx(screened.value, abs=1e-3)
     assert [r["phase"] for r in finetune.user_attrs["curve"]] == [2, 2]  # no warm-up: the 2 fine-tuning epochs
-    assert all("head_from" not in t.user_attrs for t in first)  # the screening trials warm their own heads up
+    assert all("head_from" not in t.user_attrs for t in study.trials[:2])  # screening trials warm their own up
 
 
 CHOICES = {"backbone": ["tiny_cnn", "mobilenet_v2@0.35"], "image_size": [32, 48], "freeze": ["frozen", "full"]}
@@ -198,13 +216,13 @@ def test_the_delivered_ensemble_converts_to_tflite_as_one_model():
     np.testing.assert_allclose(lite(images), keras.ops.convert_to_numpy(model(images)), atol=1e-4)
 
 
-def test_a_study_keeps_its_best_trials_models_and_delivers_from_them(tmp_path):
-    """Every completed trial's fold models and out-of-fold softmax are kept (KEEP at most); a pruned or failed
-    trial leaves nothing; the delivered model is chosen by out-of-fold accuracy and tested once."""
-    space = staged_space(tmp_path, "kept", n_trials=6, text=RUN_SPACE)
-    study = run_study(space, reporters=())
+@pytest.mark.slow
+def test_a_study_keeps_its_best_trials_models_and_delivers_from_them(staged):
+    """Every completed trial's fold models and out-of-fold softmax are kept (KEEP at most); nothing half-written
+    is left; the delivered model is chosen by out-of-fold accuracy and tested once."""
+    study, _ = staged
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    members = load_members("kept")
+    members = load_members("staged")
     best = sorted(completed, key=lambda t: (-t.value, t.number))[:KEEP]
     assert [m.number for m in members] == [t.number for t in best]
     for member in members:
@@ -214,8 +232,8 @@ def test_a_study_keeps_its_best_trials_models_and_delivers_from_them(tmp_path):
         accuracy = float(np.mean(oof.argmax(1) == labels))
         # the trial's value is the mean of its fold accuracies; pooled out-of-fold accuracy is within a fold's share
         assert abs(accuracy - member.value) < 0.02
-    assert not list((study_dir("kept") / "members").glob(".trial-*"))  # nothing half-written left
-    target = deliver("kept", log=lambda line: None)
+    assert not list((study_dir("staged") / "members").glob(".trial-*"))  # nothing half-written left
+    target = deliver("staged", log=lambda line: None)
     report = json.loads((target / "report.json").read_text())
     chosen = choose(members)
     assert report["kind"] == chosen["kind"] and report["best_trial"] == best[0].number
