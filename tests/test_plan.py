@@ -94,6 +94,29 @@ def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
     assert study.trials[2].user_attrs["stage"] == "search"  # the space's own recipe comes after
     lines = [line for line in out.splitlines() if " trial " in line]
     assert all(" screen " in line for line in lines[:2]) and " search " in lines[2]
+    from optuna_dashboard import get_note
+
+    note = get_note(study)  # the dashboard's study note: the plan and, as the run left it, the incumbent
+    assert "### Plan" in note and "1. **Screen**: 2 trial(s) of the seeds' frozen recipe" in note
+    assert f"### Incumbent\n\nTrial {study.best_trial.number} " in note
+
+
+def test_the_note_says_why_trials_stopped():
+    space = parse_space({"params": {"freeze": {"choices": ["frozen", "full"]}}}, "s.yaml")
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9, user_attrs={"stage": "screen"}))
+    for ended in ("not started: 2 like it took 100 s on average, 60 s of the budget left",
+                  "pruned after fold 1 of 5: mean val_accuracy 0.4588 so far, below the incumbent's 0.6059 (trial 0)",
+                  "pruned after fold 2 of 5: mean val_accuracy 0.7 so far", "pruned after epoch 4 of fold 1",
+                  "pruned after epoch 5 of fold 1"):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={"ended": ended}))
+    note = plan.note_section(study, space, delivers=True)
+    assert "Trial 0 (screen), value **0.9000**" in note
+    assert "| not started: the cost model (it could not finish in time, or would take over a third) | 1 |" in note
+    assert "| stopped by the fold race: behind the incumbent | 1 |" in note
+    assert "| stopped by the fold race: below the median of completed trials | 1 |" in note
+    assert "| pruned in fold 1 by the pruner (per fine-tuning epoch) | 2 |" in note
+    assert "3. **Deliver**: 10% of a budget is kept" in note
 
 
 @pytest.mark.slow
@@ -163,6 +186,9 @@ def test_the_fold_race_stops_a_trial_that_trails_the_incumbent():
         objective._race(behind, 1, 3, [0.8, 0.8])
     close = study.ask()
     objective._race(close, 1, 3, [0.89, 0.8900])  # 0.89 >= 0.8859: races on
+    screening = study.ask()
+    screening.set_user_attr("stage", "screen")
+    objective._race(screening, 1, 3, [0.3, 0.3])  # a screening trial is never raced: its folds feed LP-FT and delivery
     assert study.trials[close.number].intermediate_values[step] == pytest.approx(0.89)
 
 

@@ -28,7 +28,7 @@ from search.data.datasets import load_search_data
 from search.data.folds import study_folds
 from search.plots import confusion_matrix_figure, learning_curve_figure
 from search.space import Param
-from search.study import warm_start
+from search.study import plan, warm_start
 from search.study.prerank import note_section
 from search.study.record import TrialRecord
 
@@ -181,6 +181,7 @@ def save_study_note(study: optuna.Study, space) -> None:
     data = load_search_data(space.fixed("dataset"), size, space.fixed("split"), space.fixed("split_seed"))
 
     # + the LogME ranking (study.rank) and the warm-start queue, when the study has them
-    body = study_note(space, data, study_folds(study)) + note_section(study) + warm_start.note_section(study)
+    body = (study_note(space, data, study_folds(study)) + note_section(study) + warm_start.note_section(study)
+            + plan.note_section(study, space, plan.delivers(space)))
     if get_note(study) != body:
         save_note(study, body)

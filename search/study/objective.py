@@ -67,7 +67,7 @@ class Objective:
         self.heads = HeadStore(space.study.name)
         self._fixed = {name: space.fixed(name) for name in ("backbone", "image_size", "freeze")}  # for plan.refusal
         # the best trials' fold models, for delivery (search/deliver/ensemble.py); a Pareto study's choice is the user's
-        self.keeper = Keeper(space.study.name) if space.study.deliver and space.study.cost is None else None
+        self.keeper = Keeper(space.study.name) if plan.delivers(space) else None
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.trial_started = time.monotonic()
@@ -87,7 +87,11 @@ class Objective:
         curve: list[dict] = []
         seconds_by_phase: dict = {}  # where the trial's time went (search.training.train.PHASES)
         result = None
-        callbacks = [c for c in (self._pruning(trial, cfg), StopOnSignal(), self._deadline()) if c is not None]
+        # a screening trial is never pruned: it costs seconds, and its folds' heads and out-of-fold predictions
+        # are what LP-FT and the delivered ensemble are built from (search/study/plan.py)
+        screening = TrialRecord.of(trial).stage == plan.SCREEN
+        pruning = None if screening else self._pruning(trial, cfg)
+        callbacks = [c for c in (pruning, StopOnSignal(), self._deadline()) if c is not None]
         kept = False
         screened: list = []  # a screening trial's head per fold, for the fine-tuning trials (search/study/heads.py)
         head_for = self._screened_head(trial, cfg, folds)
@@ -98,7 +102,7 @@ class Objective:
             def keep_fold(i, model):
                 if self.keeper:
                     self.keeper.save_fold(trial.number, i, model)
-                if TrialRecord.of(trial).stage == plan.SCREEN:
+                if screening:
                     screened.append(head_weights(model))
 
             if folds > 1:
@@ -218,8 +222,8 @@ class Objective:
             raise DeadlineReached(None)
         if self.space.study.cost is not None:
             return  # multi-objective: Optuna cannot prune
-        if self.space.study.pruner["type"] == "none":
-            return  # the user asked for no pruning: every trial runs its folds
+        if self.space.study.pruner["type"] == "none" or TrialRecord.of(trial).stage == plan.SCREEN:
+            return  # no pruning asked for, or a screening trial (never raced: see __call__)
         step = self.fold_step0 + fold
         trial.report(mean, step=step)
         if self._leads(trial, mean):

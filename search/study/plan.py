@@ -28,6 +28,12 @@ MAX_SHARE = 1 / 3  # no single trial may be planned to take more of the budget t
 DELIVERY_SHARE = 0.1  # of a budget, kept for building and testing the delivered model (search/deliver/ensemble.py)
 
 
+def delivers(space: Space) -> bool:
+    """Whether the study keeps its best trials' fold models and delivers a model from them (not a Pareto study:
+    there the choice along the front is the user's)."""
+    return space.study.deliver and space.study.cost is None
+
+
 def search_seconds(budget_s: float | None, delivers: bool) -> float | None:
     """The part of a budget the trials may use: all of it, less DELIVERY_SHARE when a model is delivered."""
     if not budget_s:
@@ -102,3 +108,51 @@ def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None
     if seconds > MAX_SHARE * budget_s:
         return f"{like}, over a third of the budget ({budget_s:.0f} s)"
     return None
+
+
+# why a trial that did not complete ended, from its `ended` words (search/study/objective.py writes them)
+STOPS = (("not started", "not started: the cost model (it could not finish in time, or would take over a third)"),
+         ("below the incumbent", "stopped by the fold race: behind the incumbent"),
+         ("stopped at the study's deadline", "stopped at the budget's end"),
+         ("pruned after fold", "stopped by the fold race: below the median of completed trials"),
+         ("pruned", "pruned in fold 1 by the pruner (per fine-tuning epoch)"),
+         ("failed", "failed"), ("interrupted", "interrupted (Ctrl-C / SIGTERM)"))
+
+
+def stop_reason(ended: str | None) -> str | None:
+    for words, reason in STOPS:
+        if ended and words in ended:
+            return reason
+    return None
+
+
+def note_section(study: optuna.Study, space: Space, delivers: bool) -> str:
+    """The dashboard note's plan, incumbent and stop reasons (Markdown)."""
+    screens = screening_trials(space)
+    lines = ["", "### Plan (search/study/plan.py)", "",
+             f"1. **Screen**: {len(screens)} trial(s) of the seeds' frozen recipe (frozen, Adam 1e-3, dropout 0.2) "
+             "on every backbone x image size, first; seconds each on cached features." if screens else
+             "1. **Screen**: none (study.screen off, or the space cannot freeze the backbone).",
+             "2. **Search**: the sampler's trials. A fine-tuning trial starts from its backbone x size's screened head "
+             "(LP-FT) when there is one; the fold race stops a trial whose running mean trails the incumbent by more "
+             "than two standard errors; a trial like ones that took longer than the time left, or over a third of "
+             "the budget, is not started.",
+             f"3. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept to build the delivered model from the best "
+             "trials' kept fold models (their fold ensemble or a greedy ensemble, by out-of-fold accuracy), tested "
+             "once on the test split: studies/<name>/delivered/." if delivers else
+             "3. **Deliver**: off (study.deliver: false, or a Pareto study: the choice is the user's)."]
+    completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if completed and len(study.directions) == 1:
+        best = study.best_trial
+        lines += ["", "### Incumbent", "",
+                  f"Trial {best.number} ({best.user_attrs.get('stage', SEARCH)}), value **{best.value:.4f}**: "
+                  + ", ".join(f"{k}={v}" for k, v in best.params.items())]
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        reason = None if t.state == optuna.trial.TrialState.COMPLETE else stop_reason(t.user_attrs.get("ended"))
+        if reason:
+            counts[reason] = counts.get(reason, 0) + 1
+    if counts:
+        lines += ["", "### Why trials stopped", "", "| reason | trials |", "| --- | ---: |",
+                  *(f"| {reason} | {n} |" for reason, n in counts.items())]
+    return "\n".join(lines)

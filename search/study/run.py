@@ -280,12 +280,13 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
         requeue_interrupted(study, objective.interrupted, log=lambda line: None)
         raise
     summarize(study, time.monotonic() - started)
+    save_study_note(study, space)  # the note's incumbent and stop reasons, as the run left them
     return study
 
 
 def delivers(space: Space) -> bool:
     """Whether the study keeps its best trials' fold models and delivers a model from them at the end."""
-    return space.study.deliver and space.study.cost is None
+    return plan.delivers(space)
 
 
 def summarize(study: optuna.Study, seconds: float) -> None:
