@@ -272,6 +272,17 @@ def test_a_study_keeps_its_best_trials_models_and_delivers_from_them(staged):
     assert model.output_shape == (None, 5)
 
 
+@pytest.mark.slow
+def test_a_delivered_model_holds_at_most_max_models_networks(staged, monkeypatch):
+    """With room for 3 networks, a trial gives min(K, 3 // trials chosen) fold models, and at least one."""
+    from search.deliver import ensemble
+
+    monkeypatch.setattr(ensemble, "MAX_MODELS", 3)
+    report = json.loads((deliver("staged", log=lambda line: None) / "report.json").read_text())
+    chosen = len(report["members"])
+    assert report["models"] == chosen * max(1, 3 // chosen) and all(r["folds"] >= 1 for r in report["members"])
+
+
 def test_the_keeper_keeps_only_the_best(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_SEARCH_HOME", str(tmp_path))
     keeper = Keeper("few", keep=2)

@@ -222,10 +222,10 @@ class Objective:
             raise DeadlineReached(None)
         if self.space.study.cost is not None:
             return  # multi-objective: Optuna cannot prune
-        if self.space.study.pruner["type"] == "none" or TrialRecord.of(trial).stage == plan.SCREEN:
-            return  # no pruning asked for, or a screening trial (never raced: see __call__)
         step = self.fold_step0 + fold
         trial.report(mean, step=step)
+        if self.space.study.pruner["type"] == "none" or TrialRecord.of(trial).stage == plan.SCREEN:
+            return  # no pruning asked for, or a screening trial (never raced: see __call__)
         if self._leads(trial, mean):
             return  # at or above the study's best value: the race never stops the trial that leads
         if self._cheap(fold, folds):
