@@ -34,7 +34,7 @@ from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from search.config import default_storage_url, valid_study_name
+from search.config import check_study_name, default_storage_url
 from search.errors import UserError
 
 
@@ -82,8 +82,7 @@ def study_url(name: str, storage: str | None = None) -> str:
 def find_study(name: str, storage: str | None = None, heartbeat: Heartbeat | None = None
                ) -> tuple[optuna.storages.BaseStorage, str, int]:
     """(storage, URL, study id) of an existing study, or a one-line UserError; never creates a store or study."""
-    if not valid_study_name(name):
-        raise UserError(f"--study {name!r} is not a study name")
+    check_study_name(name, "--study")
     url = study_url(name, storage)
     path = file_path(url)
     if path is not None and not path.is_file():
