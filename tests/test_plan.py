@@ -273,6 +273,24 @@ def test_a_study_keeps_its_best_trials_models_and_delivers_from_them(staged):
 
 
 @pytest.mark.slow
+def test_a_delivery_past_its_deadline_leaves_the_greedy_ensembles_later_trials_out(staged, monkeypatch):
+    """The budget's end has come: the greedy ensemble's first (best) trial is built, the others are left out,
+    said in the report, and the evidence is that of what is delivered."""
+    from search.deliver import ensemble
+
+    members = load_members("staged")
+    two = {members[0].number: 2, members[1].number: 1}
+    monkeypatch.setattr(ensemble, "choose", lambda found: {
+        "kind": "greedy ensemble", "weights": two, "evidence": {"fold ensemble": 0.5, "greedy ensemble": 0.6},
+        "best_trial": members[0].number})
+    lines = []
+    report = json.loads((deliver("staged", log=lines.append, deadline=time.monotonic()) / "report.json").read_text())
+    assert report["kind"] == "fold ensemble" and [r["trial"] for r in report["members"]] == [members[0].number]
+    assert report["left_out_for_time"] == [members[1].number]
+    assert any(f"trial(s) {members[1].number} of the greedy ensemble left out" in line for line in lines)
+
+
+@pytest.mark.slow
 def test_a_delivered_model_holds_at_most_max_models_networks(staged, monkeypatch):
     """With room for 3 networks, a trial gives min(K, 3 // trials chosen) fold models, and at least one."""
     from search.deliver import ensemble

@@ -100,7 +100,7 @@ def run_staged(set_name, data, weights, seed, budget_s, name, log) -> dict:
     started = time.monotonic()
     space = _study_space(set_name, data, weights, seed, budget_s, name)
     study = run_study(space, n_trials=100_000, timeout=budget_s, reporters=(), started=started)
-    target = deliver(name, log=log)
+    target = deliver(name, log=log, deadline=started + budget_s)
     report = json.loads((target / "report.json").read_text())
     return {"test_accuracy": report["test_accuracy"], "seconds": round(time.monotonic() - started, 1),
             "trials": len(study.trials), "kind": report["kind"], "members": report["members"],

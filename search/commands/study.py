@@ -39,5 +39,6 @@ def run(args) -> int:
     if delivers(space):
         from search.deliver.ensemble import deliver
 
-        deliver(space.study.name)
+        timeout = args.timeout or space.study.timeout
+        deliver(space.study.name, deadline=args.started + timeout if timeout else None)
     return 0

@@ -100,8 +100,21 @@ def member_models(member: Member, num_classes: int, most: int | None = None) -> 
     return models
 
 
-def deliver(study_name: str, log=print) -> Path | None:
-    """Build, test once and save the study's delivered model; None (and a line saying why) when nothing was kept."""
+def narrowed(plan: dict, numbers: list[int], members: list[Member]) -> dict:
+    """The plan with only `numbers` of its chosen trials, its evidence measured again on those."""
+    counts = {n: plan["weights"][n] for n in numbers}
+    if len(counts) == 1:
+        return {**plan, "kind": "fold ensemble", "weights": counts}
+    oof = {m.number: m.oof() for m in members if m.number in counts}
+    mixed = sum(counts[n] * oof[n] for n in counts) / sum(counts.values())
+    return {**plan, "weights": counts,
+            "evidence": {**plan["evidence"], "greedy ensemble": score(mixed, members[0].labels())[0]}}
+
+
+def deliver(study_name: str, log=print, deadline: float | None = None) -> Path | None:
+    """Build, test once and save the study's delivered model; None (and a line saying why) when nothing was kept.
+    deadline: the time.monotonic() at which the budget ends: the greedy ensemble's later trials are left out when
+    building them, at the pace of those built so far (twice over, for the test pass and the file), would pass it."""
     import keras
 
     from search.models.ensemble import ensemble_model
@@ -110,17 +123,27 @@ def deliver(study_name: str, log=print) -> Path | None:
     if not members:
         log("deliver: no completed trial kept its models; nothing to deliver")
         return None
-    started = time.perf_counter()
+    started, clock = time.perf_counter(), time.monotonic()
     plan = choose(members)
     by_number = {m.number: m for m in members}
     cfg = TrialConfig.from_dict(by_number[plan["best_trial"]].config)
     class_names = list(load_images(cfg.dataset, cfg.image_size)[2])
+    per_trial = max(1, MAX_MODELS // len(plan["weights"]))
+    built: dict[int, list] = {}
+    for number in plan["weights"]:  # greedy order: the best single trial first, always built
+        pace = (time.monotonic() - clock) / max(1, sum(map(len, built.values())))
+        if built and deadline is not None and time.monotonic() + 2 * pace * per_trial > deadline:
+            break
+        built[number] = member_models(by_number[number], len(class_names), per_trial)
+    left_out = [n for n in plan["weights"] if n not in built]
+    if left_out:
+        plan = narrowed(plan, list(built), members)
+        log(f"deliver: trial(s) {', '.join(map(str, left_out))} of the greedy ensemble left out, to end within the "
+            f"budget")
     parts, rows = [], []
     total = sum(plan["weights"].values())
-    per_trial = max(1, MAX_MODELS // len(plan["weights"]))
     for number, count in plan["weights"].items():
-        member = by_number[number]
-        folds = member_models(member, len(class_names), per_trial)
+        member, folds = by_number[number], built[number]
         parts += [(model, count / total / len(folds)) for model in folds]
         rows.append({"trial": number, "weight": round(count / total, 4), "value": member.value, "folds": len(folds),
                      **{k: member.config[k] for k in ("backbone", "alpha", "image_size", "freeze")}})
@@ -132,7 +155,7 @@ def deliver(study_name: str, log=print) -> Path | None:
         test_accuracy = float(np.mean(np.argmax(predict(model, test.images), axis=1) == test.labels))
     report = {"study": study_name, "kind": plan["kind"], "evidence_oof_accuracy": plan["evidence"],
               "best_trial": plan["best_trial"], "members": rows, "models": len(parts), "input_size": size,
-              "test_accuracy": test_accuracy, "test_images": int(len(test.labels)),
+              "test_accuracy": test_accuracy, "test_images": int(len(test.labels)), "left_out_for_time": left_out,
               "seconds": round(time.perf_counter() - started, 1)}
     target = delivered_dir(study_name)
     pending = target.with_name(".delivered-pending")
