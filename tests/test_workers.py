@@ -16,6 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from search.config import study_dir
 from tests.conftest import write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -263,6 +264,8 @@ def test_recycled_workers_run_each_batch_of_trials_in_a_fresh_process(warm, tmp_
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # host:pid, one process per trial
     assert proc.stdout.count("done: 1 trial(s)") == 2
     assert sum(line.startswith("data: ") for line in proc.stdout.splitlines()) == 1  # said once, by the launcher
+    # the launcher delivers once its workers are done, from the fold models they kept
+    assert proc.stdout.count("delivered: ") == 1 and (study_dir("recycled") / "delivered" / "model.keras").is_file()
 
 
 # --------------------------------------------------------------------- refusals, recovery, interrupt, copy

@@ -56,7 +56,7 @@ def run(args) -> int:
     from search.commands.worker import open_worker_study
     from search.device import configure_devices
     from search.study.artifacts import save_study_note
-    from search.study.run import describe_data, prepare, summarize
+    from search.study.run import delivers, describe_data, prepare, summarize
     from search.study.storage import Heartbeat
     from search.study.workers import describe_exit, gpu_ids, launch, queue_trials, recover, threads_per_worker
 
@@ -121,4 +121,8 @@ def run(args) -> int:
         print("interrupted: finished trials are stored, interrupted ones queued again; run the same command "
               "to go on", file=sys.stderr)
         return 130
+    if delivers(space):  # from the fold models this machine's workers kept (another machine's: make deliver there)
+        from search.deliver.ensemble import deliver
+
+        deliver(name)
     return 1 if failed else 0
