@@ -329,3 +329,13 @@ def test_the_whole_command_keeps_its_budget():
     assert "running 20 more (at most 0:40)" in done.stdout
     assert "delivered: " in done.stdout and (study_dir("budget") / "delivered" / "model.keras").is_file()
     assert seconds <= 40 * 1.05, (seconds, done.stdout[-3000:])
+
+
+def test_deliver_without_kept_models_or_with_a_bad_name_is_a_one_line_error(capsys):
+    from search.cli import main
+
+    assert main(["deliver", "--study", "never_ran"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: study 'never_ran' has no kept models under ")
+    assert main(["deliver", "--study", "../x"]) == 2
+    assert "--study '../x' is not usable as a study name" in capsys.readouterr().err
