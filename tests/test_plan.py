@@ -316,19 +316,19 @@ def test_the_keeper_keeps_only_the_best(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_whole_command_keeps_its_budget():
-    """`python -m search study --timeout 40` on the built-in default ends, delivery included, within 40 s + 5 %,
+    """`python -m search study --timeout 60` on the built-in default ends, delivery included, within 60 s + 5 %,
     counted from before the process starts (TensorFlow's import and the data's decoding are in the budget)."""
     from search.models.tiny_cnn import pretrained_tiny_cnn
 
     pretrained_tiny_cnn()  # made once per test run (conftest): not this command's work
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "search", "study", "--timeout", "40", "--name", "budget"],
+    done = subprocess.run([sys.executable, "-m", "search", "study", "--timeout", "60", "--name", "budget"],
                           env=make_env(), capture_output=True, text=True, timeout=300)
     seconds = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "running 20 more (at most 0:40)" in done.stdout
+    assert "running 20 more (at most 1:00)" in done.stdout
     assert "delivered: " in done.stdout and (study_dir("budget") / "delivered" / "model.keras").is_file()
-    assert seconds <= 40 * 1.05, (seconds, done.stdout[-3000:])
+    assert seconds <= 60 * 1.05, (seconds, done.stdout[-3000:])
 
 
 def test_deliver_without_kept_models_or_with_a_bad_name_is_a_one_line_error(capsys):

@@ -26,6 +26,10 @@ SCREEN_RECIPE = {"freeze": "frozen", "optimizer": "adam", "learning_rate": 1e-3,
 SCREEN, SEARCH = "screen", "search"  # the stages a trial line and the dashboard name
 MAX_SHARE = 1 / 3  # no single trial may be planned to take more of the budget than this
 DELIVERY_SHARE = 0.1  # of a budget, kept for building and testing the delivered model (search/deliver/ensemble.py)
+# ... and at least this many seconds: the trial in flight at the search's end, the delivery, the test pass and the
+# process's exit take seconds whatever the budget (6.4 s after the search's end for the built-in default, 40 s
+# budget, on a 2-core machine running another test process beside it)
+MIN_RESERVE_S = 8.0
 
 
 def delivers(space: Space) -> bool:
@@ -35,10 +39,11 @@ def delivers(space: Space) -> bool:
 
 
 def search_seconds(budget_s: float | None, delivers: bool) -> float | None:
-    """The part of a budget the trials may use: all of it, less DELIVERY_SHARE when a model is delivered."""
+    """The part of a budget the trials may use: all of it, less DELIVERY_SHARE (at least MIN_RESERVE_S) when a model
+    is delivered."""
     if not budget_s:
         return budget_s
-    return budget_s * (1 - DELIVERY_SHARE) if delivers else budget_s
+    return budget_s - max(DELIVERY_SHARE * budget_s, MIN_RESERVE_S) if delivers else budget_s
 
 
 def _allowed(space: Space, name: str, value) -> bool:
@@ -137,7 +142,8 @@ def note_section(study: optuna.Study, space: Space, delivers: bool) -> str:
              "(LP-FT) when there is one; the fold race stops a trial whose running mean trails the incumbent by more "
              "than two standard errors; a trial like ones that took longer than the time left, or over a third of "
              "the budget, is not started.",
-             f"3. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept to build the delivered model from the best "
+             f"3. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "
+             "delivered model from the best "
              "trials' kept fold models (their fold ensemble or a greedy ensemble, by out-of-fold accuracy), tested "
              "once on the test split: studies/<name>/delivered/." if delivers else
              "3. **Deliver**: off (study.deliver: false, or a Pareto study: the choice is the user's)."]
