@@ -178,7 +178,8 @@ def run_ours(label: str, name: str, overrides: list[str], budget_s: float, cache
     from search.study.run import run_study
     from search.training import cache
 
-    space = load_space(SPACE, [*overrides, f"study.name={name}"]).with_study(timeout=budget_s)
+    # time to quality of the search, as KerasTuner's: no delivery's reserve (each winner is refit after, alike)
+    space = load_space(SPACE, [*overrides, f"study.name={name}", "study.deliver=false"]).with_study(timeout=budget_s)
     with cache.using(cache_mode):
         study = run_study(space, n_trials=100_000, timeout=budget_s, reporters=())
     run = Run(label, curve=best_so_far(study), trials=len(study.trials))

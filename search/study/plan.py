@@ -39,11 +39,12 @@ def delivers(space: Space) -> bool:
 
 
 def search_seconds(budget_s: float | None, delivers: bool) -> float | None:
-    """The part of a budget the trials may use: all of it, less DELIVERY_SHARE (at least MIN_RESERVE_S) when a model
-    is delivered."""
+    """The part of a budget the trials may use: all of it, less DELIVERY_SHARE (at least MIN_RESERVE_S, at most
+    half) when a model is delivered."""
     if not budget_s:
         return budget_s
-    return budget_s - max(DELIVERY_SHARE * budget_s, MIN_RESERVE_S) if delivers else budget_s
+    reserve = min(max(DELIVERY_SHARE * budget_s, MIN_RESERVE_S), budget_s / 2)  # a tiny budget still searches
+    return budget_s - reserve if delivers else budget_s
 
 
 def _allowed(space: Space, name: str, value) -> bool:
