@@ -24,7 +24,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from search.device import configure_devices
     from search.space import load_space
-    from search.study.run import delivers, run_study
+    from search.study.plan import delivers
+    from search.study.run import run_study
 
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials must be at least 1, got {args.n_trials}")

@@ -56,7 +56,8 @@ def run(args) -> int:
     from search.commands.worker import open_worker_study
     from search.device import configure_devices
     from search.study.artifacts import save_study_note
-    from search.study.run import delivers, describe_data, prepare, summarize
+    from search.study.plan import delivers
+    from search.study.run import describe_data, prepare, summarize
     from search.study.storage import Heartbeat
     from search.study.workers import describe_exit, gpu_ids, launch, queue_trials, recover, threads_per_worker
 

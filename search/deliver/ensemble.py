@@ -75,7 +75,7 @@ def greedy_selection(oof: dict[int, np.ndarray], labels: np.ndarray, rounds: int
 def choose(members: list[Member]) -> dict:
     """The delivery plan: {kind, weights {trial: weight}, evidence {candidate: oof accuracy}}."""
     labels = members[0].labels()
-    usable = [m for m in members if m.labels().shape == labels.shape and np.array_equal(m.labels(), labels)]
+    usable = [m for m in members if np.array_equal(m.labels(), labels)]  # array_equal also compares the shapes
     oof = {m.number: m.oof() for m in usable}
     best = usable[0].number  # members come best value first
     counts = greedy_selection(oof, labels)

@@ -267,7 +267,7 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
           f"{run_plan(n_trials, timeout)}", flush=True)
     print(describe_data(study, space), flush=True)
     print(describe_validation(study, space), flush=True)
-    searching = plan.search_seconds(timeout, delivers(space))  # the rest of the budget builds the delivered model
+    searching = plan.search_seconds(timeout, plan.delivers(space))  # the rest of the budget builds the delivered model
     deadline = started + searching if timeout else None  # running trials stop there too
     searching = deadline - time.monotonic() if timeout else None  # what is left of it after the preparations
     # On a terminal, optuna's tqdm bar (on stderr) adds the best value so far and an ETA under the lines.
@@ -282,11 +282,6 @@ def run_study(space: Space, n_trials: int | None = None, timeout: float | None =
     summarize(study, time.monotonic() - started)
     save_study_note(study, space)  # the note's incumbent and stop reasons, as the run left them
     return study
-
-
-def delivers(space: Space) -> bool:
-    """Whether the study keeps its best trials' fold models and delivers a model from them at the end."""
-    return plan.delivers(space)
 
 
 def summarize(study: optuna.Study, seconds: float) -> None:
