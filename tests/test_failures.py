@@ -248,13 +248,13 @@ def test_fault_inside_a_trial_fails_only_that_trial(fault, reason, tmp_path, mon
     real_build = search.training.train.build_model
     calls = []
 
-    def flaky_build(cfg, n):
+    def flaky_build(cfg, n, reuse=None):
         calls.append(cfg)
         if len(calls) == 1:
             if fault == "oom":
                 raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
             raise ValueError("something unexpected")
-        return real_build(cfg, n)
+        return real_build(cfg, n, reuse)
 
     monkeypatch.setattr(search.training.train, "build_model", flaky_build)
     first, second = run_two_trials(tmp_path, fault)

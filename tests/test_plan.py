@@ -18,6 +18,7 @@ from search.deliver.ensemble import choose, deliver, greedy_selection, score
 from search.models.build import build_model
 from search.models.ensemble import WeightedMean, ensemble_model
 from search.space import load_space, parse_space
+from search.study import objective as plan_objective
 from search.study import plan
 from search.study.members import KEEP, Keeper, load_members
 from search.study.objective import FoldPruned, Objective
@@ -42,7 +43,8 @@ params:
   warmup_epochs: 2
   warmup_learning_rate: 0.05
   finetune_epochs: 2
-  freeze: {{choices: [frozen, full]}}
+  freeze: {{choices: [frozen, top_blocks, full]}}
+  unfreeze_blocks: {{low: 1, high: 2}}
   optimizer: {{choices: [sgd, adam]}}
   learning_rate: {{low: 1.0e-4, high: 1.0e-2, log: true}}
   dropout: {{low: 0.0, high: 0.5}}
@@ -73,8 +75,8 @@ def test_screening_trials_cover_every_backbone_and_size_with_the_seeds_frozen_re
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
-    """One real staged study of 4 trials (two screening trials, the queued full fine-tune, one sampled), its run's
-    output lines, and its delivery."""
+    """One real staged study of 4 trials (two screening trials, then the first two of the focus stage: the
+    portfolio's first top-blocks fine-tune on each screened size; the rest of the queue waits), its output lines."""
     import contextlib
     import io
 
@@ -91,13 +93,27 @@ def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
     first = study.trials[:2]
     assert [t.user_attrs["stage"] for t in first] == ["screen"] * 2
     assert [t.params["image_size"] for t in first] == [48, 32] and all(t.params["freeze"] == "frozen" for t in first)
-    assert study.trials[2].user_attrs["stage"] == "search"  # the space's own recipe comes after
+    # the focus: spaces/portfolio.yaml's entry 1 as this space takes it (top 6 blocks clipped to 2, learning rate
+    # 3.7e-4, dropout 0.22; adamw is not a choice here) on each screened size, the better screened first
+    focus = study.trials[2:4]
+    assert [t.user_attrs["stage"] for t in focus] == ["focus"] * 2
+    ranked = sorted(first, key=lambda t: (-t.value, t.number))
+    assert [t.params["image_size"] for t in focus] == [t.params["image_size"] for t in ranked]
+    assert all(t.params["freeze"] == "top_blocks" and t.params["unfreeze_blocks"] == 2 for t in focus)
+    assert all(t.params["learning_rate"] == pytest.approx(3.7e-4) and t.params["dropout"] == pytest.approx(0.22)
+               for t in focus)
+    # waiting: entry 3 (top blocks, Adam 3e-4) on both sizes, then the space's own queued recipe (a full fine-tune)
+    waiting = [t.system_attrs["fixed_params"] | {"stage": t.user_attrs.get("stage")}
+               for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert [(w["stage"], w["freeze"], w["learning_rate"]) for w in waiting] == [
+        ("focus", "top_blocks", 3e-4), ("focus", "top_blocks", 3e-4), (None, "full", 1e-3)]
     lines = [line for line in out.splitlines() if " trial " in line]
-    assert all(" screen " in line for line in lines[:2]) and " search " in lines[2]
+    assert all(" screen " in line for line in lines[:2]) and all(" focus " in line for line in lines[2:4])
     from optuna_dashboard import get_note
 
     note = get_note(study)  # the dashboard's study note: the plan and, as the run left it, the incumbent
     assert "### Plan" in note and "1. **Screen**: 2 trial(s) of the seeds' frozen recipe" in note
+    assert "2. **Focus**: when the screen is done" in note
     assert f"### Incumbent\n\nTrial {study.best_trial.number} " in note
 
 
@@ -116,20 +132,63 @@ def test_the_note_says_why_trials_stopped():
     assert "| stopped by the fold race: behind the incumbent | 1 |" in note
     assert "| stopped by the fold race: below the median of completed trials | 1 |" in note
     assert "| pruned in fold 1 by the pruner (per fine-tuning epoch) | 2 |" in note
-    assert "3. **Deliver**: 10% of a budget is kept" in note
+    assert "4. **Deliver**: 10% of a budget is kept" in note
 
 
 @pytest.mark.slow
 def test_a_fine_tuning_trial_starts_from_its_screened_head(staged):
-    """LP-FT: the full fine-tune of tiny_cnn at 32 px starts each fold from the head screened on that fold."""
+    """LP-FT: each focus trial (tiny_cnn's top blocks) starts each fold from the head screened on that fold at its
+    image size."""
     study, _ = staged
-    finetune, screened = study.trials[2], study.trials[1]
-    assert finetune.params["freeze"] == "full" and finetune.state == optuna.trial.TrialState.COMPLETE
-    assert finetune.user_attrs["head_from"] == f"screened head of trial {screened.number}"
-    assert screened.value > 0.4  # a head that learned (chance is 0.2), so equal accuracies mean equal heads
-    assert finetune.user_attrs["initial_val_accuracy"] == pytest.approx(screened.value, abs=1e-3)
-    assert [r["phase"] for r in finetune.user_attrs["curve"]] == [2, 2]  # no warm-up: the 2 fine-tuning epochs
+    for finetune in study.trials[2:4]:
+        screened = next(t for t in study.trials[:2] if t.params["image_size"] == finetune.params["image_size"])
+        assert finetune.state == optuna.trial.TrialState.COMPLETE
+        assert finetune.user_attrs["head_from"] == f"screened head of trial {screened.number}"
+        assert screened.value > 0.4  # a head that learned (chance is 0.2), so equal accuracies mean equal heads
+        assert finetune.user_attrs["initial_val_accuracy"] == pytest.approx(screened.value, abs=1e-3)
+        assert [r["phase"] for r in finetune.user_attrs["curve"]] == [2, 2]  # no warm-up: the 2 fine-tuning epochs
     assert all("head_from" not in t.user_attrs for t in study.trials[:2])  # screening trials warm their own up
+
+
+def test_the_focus_stage_is_queued_once_when_the_last_screen_ends():
+    """Not while a screening trial waits or runs; then the portfolio's fine-tuning configs on the best screened
+    pairs (the ending trial's own value counted), then the space's held-back queue; and only once."""
+    space = parse_space({"params": {"backbone": {"choices": ["tiny_cnn", "mobilenet_v2@0.35"]},
+                                    "image_size": {"choices": [32, 48]}, "weights": "none",
+                                    "freeze": {"choices": ["frozen", "top_blocks", "full"]},
+                                    "unfreeze_blocks": {"low": 1, "high": 4},
+                                    "optimizer": {"choices": ["sgd", "adam", "adamw"]},
+                                    "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}, "s.yaml")
+    study = optuna.create_study(direction="maximize")
+    later = [{"backbone": "tiny_cnn", "image_size": 32, "freeze": "full", "optimizer": "sgd", "learning_rate": 0.01}]
+    study.set_user_attr(plan.LATER_ATTR, later)
+    screens = plan.screening_trials(space)
+    for params, value in zip(screens[:3], (0.7, 0.9, 0.6)):  # 48 px tiny_cnn, 48 px MobileNetV2, 32 px tiny_cnn
+        study.add_trial(optuna.trial.create_trial(params=params, value=value, user_attrs={"stage": "screen"},
+                                                  distributions=_distributions(space, params)))
+    study.enqueue_trial(screens[3], user_attrs={"stage": "screen"})
+    assert plan.queue_focus(study, space) == 0  # the last screen still waits
+    last = study.ask()
+    assert plan.queue_focus(study, space, (last.number, 0.8, screens[3])) == 5  # 2 configs x 2 pairs + 1 held back
+    queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    pairs = [(t.user_attrs.get("stage"), t.system_attrs["fixed_params"]["backbone"],
+              t.system_attrs["fixed_params"]["image_size"]) for t in queued]
+    best, second = ("focus", "mobilenet_v2@0.35", 48), ("focus", "mobilenet_v2@0.35", 32)  # 0.9, then the last (0.8)
+    assert pairs == [best, second, best, second, (None, "tiny_cnn", 32)]
+    first = queued[0].system_attrs["fixed_params"]  # portfolio entry 1, its blocks clipped into this space
+    assert {k: first[k] for k in ("freeze", "unfreeze_blocks", "optimizer")} == {
+        "freeze": "top_blocks", "unfreeze_blocks": 4, "optimizer": "adamw"}
+    third = queued[2].system_attrs["fixed_params"]  # entry 3: entry 2, a full fine-tune, is left to the sampler
+    assert {k: third[k] for k in ("freeze", "unfreeze_blocks", "optimizer", "learning_rate")} == {
+        "freeze": "top_blocks", "unfreeze_blocks": 4, "optimizer": "adam", "learning_rate": 3e-4}
+    assert plan.queue_focus(study, space) == 0  # once
+
+
+def _distributions(space, params):
+    return {k: optuna.distributions.CategoricalDistribution(list(space.params[k].choices))
+            if space.params[k].choices is not None else
+            optuna.distributions.FloatDistribution(space.params[k].low, space.params[k].high, log=space.params[k].log)
+            for k in params}
 
 
 CHOICES = {"backbone": ["tiny_cnn", "mobilenet_v2@0.35"], "image_size": [32, 48], "freeze": ["frozen", "full"]}
@@ -167,6 +226,41 @@ def test_a_trial_the_cost_model_cannot_fit_is_not_started(tmp_path):
     assert plan.refusal(study, dear, {}, left_s=900, budget_s=400) is None
     assert plan.refusal(study, {**dear, "freeze": "frozen"}, {}, left_s=10, budget_s=400) is None  # unmeasured
     assert plan.refusal(study, dear, {}, left_s=10, budget_s=None) is None  # a count-bound run starts every trial
+
+
+def test_the_cost_model_tells_kinds_of_trial_apart():
+    """A full fine-tune (a backbone pass per image per epoch) is not timed by a top-blocks one (a cached prefix),
+    nor a mirrored or image-augmented trial by a plain one."""
+    base = {"backbone": "tiny_cnn", "image_size": 32, "freeze": "top_blocks"}
+    kinds = {plan.cost_kind({**base, **change}, {}) for change in (
+        {}, {"unfreeze_blocks": 3, "learning_rate": 0.1}, {"freeze": "full"}, {"freeze": "frozen"},
+        {"augment": "mirror"}, {"augment": "light"}, {"mix": "mixup"}, {"image_size": 48})}
+    # 6: blocks and learning rate change little of the time, and light and mixup both train on images every epoch
+    assert len(kinds) == 6
+
+
+def test_a_trial_over_its_share_of_the_budget_stops_unless_it_leads():
+    """Budget 30 s: a third is 10 s. A trial 20 s in whose epoch (fold 1) or running mean (later folds) is below
+    the study's best (0.9) is stopped; one that reaches it runs on; a screening trial is never capped."""
+    space = parse_space({"params": {"warmup_epochs": 1, "finetune_epochs": 1}}, "s.yaml")
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9))
+    objective = Objective(space, budget_s=30)
+    objective.capped, objective._study, objective.fold = True, study, 0
+    objective.trial_started = time.monotonic() - 20
+    assert objective.over_share(0.8) and not objective.over_share(0.9)
+    objective.fold, objective.running_mean = 2, 0.91
+    assert not objective.over_share(0.5)  # later folds: the running mean leads
+    objective.running_mean = 0.85
+    with pytest.raises(plan_objective.OverShare, match="over its share of the budget"):
+        plan_objective.CapShare(objective).on_epoch_end(4, {"val_accuracy": 0.95})  # a later fold's epoch: the mean
+    objective.trial_started = time.monotonic() - 5
+    assert not objective.over_share(0.1)  # within its share
+    objective.capped = False  # what __call__ sets for a screening trial, a Pareto study or no budget
+    objective.trial_started = time.monotonic() - 20
+    assert not objective.over_share(0.1)
+    assert plan.stop_reason("stopped over its share of the budget (33%) without leading after epoch 3") == \
+        "stopped by the cost cap: over a third of the budget, not leading"
 
 
 def test_the_fold_race_stops_a_trial_that_trails_the_incumbent():

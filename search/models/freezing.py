@@ -23,6 +23,7 @@ class FreezeStrategy:
     params: tuple[str, ...] = ()  # TrialConfig fields sampled only under this strategy
     minimums: dict = field(default_factory=dict)  # param -> its smallest valid value under this strategy
     trains_backbone: bool = True  # False: phase 2 trains the head alone, on the same cached features as phase 1
+    trains_all: bool = False  # True: no frozen prefix, so nothing is cached: every epoch is a backbone pass per image
     shown: Callable[[dict], str] = lambda cfg: ""  # what a report adds after the name, e.g. "5 blocks"
 
     def describe(self, cfg: dict) -> str:
@@ -66,7 +67,8 @@ FREEZING: dict[str, FreezeStrategy] = {s.name: s for s in [
     FreezeStrategy("top_blocks", "the last `unfreeze_blocks` blocks of the backbone train (block-wise)",
                    _top_blocks, ("unfreeze_blocks", "train_bn"), {"unfreeze_blocks": 1},
                    shown=lambda c: f"{c['unfreeze_blocks']} blocks"),
-    FreezeStrategy("full", "every backbone layer trains", lambda info, backbone, cfg: 0, ("train_bn",)),
+    FreezeStrategy("full", "every backbone layer trains", lambda info, backbone, cfg: 0, ("train_bn",),
+                   trains_all=True),
 ]}
 
 

@@ -35,7 +35,7 @@ from search.study.heads import HeadStore
 from search.study.members import Keeper
 from search.study.pruning import trial_kind
 from search.study.record import TrialRecord, write
-from search.training.crossval import CVResult, cross_validate, cv_folds
+from search.training.crossval import CVResult, cross_validate
 from search.training.train import TrainResult, train
 
 
@@ -65,16 +65,21 @@ class Objective:
         self.fold = 0  # the fold being trained (cross-validated trials), for the `ended` message
         self.interrupted: int | None = None  # the number of the trial a Ctrl-C or SIGTERM stopped
         self.heads = HeadStore(space.study.name)
-        self._fixed = {name: space.fixed(name) for name in ("backbone", "image_size", "freeze")}  # for plan.refusal
+        self._fixed = {name: space.fixed(name) for name in ("backbone", "image_size", "freeze", "augment", "mix")}
         # the best trials' fold models, for delivery (search/deliver/ensemble.py); a Pareto study's choice is the user's
         self.keeper = Keeper(space.study.name) if plan.delivers(space) else None
+        self.capped, self.running_mean, self._study = False, None, None  # per trial: see __call__ and over_share
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.trial_started = time.monotonic()
+        self.running_mean, self.fold = None, 0  # the mean over the folds done so far (the cost cap asks whether it leads)
+        self._study = trial.study
         cfg = sample(trial, self.space)
         write(trial, config=cfg.to_dict())
         if TrialRecord.of(trial).stage is None:
             write(trial, stage=plan.SEARCH)
+        if TrialRecord.of(trial).stage != plan.SCREEN:  # a second chance, if two screens ended at once
+            plan.queue_focus(trial.study, self.space)
         left = None if self.deadline is None else self.deadline - time.monotonic()
         why = plan.refusal(trial.study, trial.params, self._fixed, left, self.budget_s)
         if why:  # before anything is built: a refused trial costs nothing
@@ -91,7 +96,8 @@ class Objective:
         # are what LP-FT and the delivered ensemble are built from (search/study/plan.py)
         screening = TrialRecord.of(trial).stage == plan.SCREEN
         pruning = None if screening else self._pruning(trial, cfg)
-        callbacks = [c for c in (pruning, StopOnSignal(), self._deadline()) if c is not None]
+        self.capped = not screening and self.budget_s is not None and self.space.study.cost is None
+        callbacks = [c for c in (pruning, StopOnSignal(), self._deadline(), self._cap()) if c is not None]
         kept = False
         screened: list = []  # a screening trial's head per fold, for the fine-tuning trials (search/study/heads.py)
         head_for = self._screened_head(trial, cfg, folds)
@@ -112,7 +118,7 @@ class Objective:
                 result = cv.result
                 record_result(trial, result)
                 record_cv(trial, cv)
-                probabilities, labels = cv.oof_probabilities, cv_folds(cfg, folds)[0].labels
+                probabilities, labels = cv.oof_probabilities, cv.labels
             else:
                 result = train(cfg, data.train, data.val, data.class_names, callbacks=callbacks, curve=curve,
                                seconds_by_phase=seconds_by_phase, head=head_for(0))
@@ -122,6 +128,8 @@ class Objective:
                 probabilities, labels = result.probabilities, data.val.labels
             if screened:
                 self.heads.save(cfg, screened, trial.number)
+            if screening:  # the last screen to end queues the focus stage (plan.py)
+                plan.queue_focus(trial.study, self.space, (trial.number, result.metrics["accuracy"], trial.params))
             cost_name = self.space.study.cost
             if cost_name is None:
                 if self.keeper:
@@ -133,6 +141,11 @@ class Objective:
             return result.metrics["accuracy"], spent
         except FoldPruned as exc:
             write(trial, ended=f"pruned {exc}")
+            raise
+        except OverShare as exc:
+            where = f" of fold {self.fold + 1} of {folds}" if folds > 1 else ""
+            write(trial, ended=f"{exc} after epoch {exc.epoch + 1}{where}" if exc.epoch is not None
+                                else f"{exc} after fold {self.fold + 1} of {folds}")
             raise
         except DeadlineReached as exc:
             where = f" of fold {self.fold + 1} of {folds}" if folds > 1 else ""
@@ -207,19 +220,35 @@ class Objective:
         if fold == 0:
             return first
         floor = self._pruning(None, cfg) if self.space.study.cost is not None else None
-        return [c for c in (floor, StopOnSignal(), self._deadline()) if c is not None]
+        return [c for c in (floor, StopOnSignal(), self._deadline(), self._cap()) if c is not None]
 
     def _deadline(self):
         return None if self.deadline is None else StopAtDeadline(self.deadline)
 
+    def _cap(self):
+        return CapShare(self) if self.capped else None
+
+    def over_share(self, value: float | None) -> bool:
+        """The trial has run for over plan.MAX_SHARE of the budget and does not lead: neither `value` (this epoch's
+        validation accuracy, fold 1) nor its running mean over the folds done reaches the study's best value."""
+        if not self.capped or time.monotonic() - self.trial_started <= plan.MAX_SHARE * self.budget_s:
+            return False
+        evidence = [v for v in (value if self.fold == 0 else None, self.running_mean) if v is not None]
+        completed = [t.value for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.value is not None]
+        return bool(completed) and not any(v >= max(completed) for v in evidence)
+
     def _race(self, trial: optuna.Trial, fold: int, folds: int, values: list[float]) -> None:
         """After fold `fold`: record the folds so far (a pruned trial keeps them) and report their mean."""
         mean = sum(values) / len(values)
+        self.running_mean = mean
         write(trial, cv_fold_values=[round(v, 5) for v in values])
         if fold == folds - 1:
             return  # the last fold: the value itself follows
         if self.deadline is not None and time.monotonic() >= self.deadline:
             raise DeadlineReached(None)
+        if self.over_share(None):
+            raise OverShare(None)
         if self.space.study.cost is not None:
             return  # multi-objective: Optuna cannot prune
         step = self.fold_step0 + fold
@@ -335,6 +364,26 @@ class DeadlineReached(optuna.TrialPruned):
     def __init__(self, epoch: int | None):
         super().__init__("stopped at the study's deadline")
         self.epoch = epoch
+
+
+class OverShare(optuna.TrialPruned):
+    """The trial ran over plan.MAX_SHARE of the budget without leading (`epoch`: where; None: between folds)."""
+
+    def __init__(self, epoch: int | None):
+        super().__init__(f"stopped over its share of the budget ({plan.MAX_SHARE:.0%}) without leading")
+        self.epoch = epoch
+
+
+class CapShare(keras.callbacks.Callback):
+    """Ends a trial at the first epoch end where Objective.over_share says it has had its share of the budget."""
+
+    def __init__(self, objective: Objective):
+        super().__init__()
+        self.objective = objective
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.objective.over_share((logs or {}).get("val_accuracy")):
+            raise OverShare(epoch)
 
 
 class StopAtDeadline(keras.callbacks.Callback):

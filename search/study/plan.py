@@ -5,7 +5,11 @@
    part's outputs are computed once and cached, and only the head trains. The best of them is the study's first
    incumbent, so by construction the study starts at least at the seeds' frozen recipe, by an honest value, and
    every backbone x size has a real accuracy before TPE models anything.
-2. Cost. A trial whose like (same backbone, width, image size and kind of freezing) already ran is refused
+2. Focus. When the screen is done, the portfolio's fine-tuning configs (spaces/portfolio.yaml, chosen across
+   data sets) are queued on the best screened backbone x size pairs, each starting from its pair's screened head
+   (LP-FT): fine-tuning is spent where the screen found the features, before the space's own queued recipes and
+   the sampler's trials, which follow as before.
+3. Cost. A trial whose like (same backbone, width, image size and kind of freezing) already ran is refused
    before it starts when their wall time says it cannot finish in the time left, or would take more than
    MAX_SHARE of the whole budget: on flowers one full fine-tune at 224 px took 46-57 % of a search.
 
@@ -17,13 +21,18 @@ from __future__ import annotations
 import optuna
 
 from search.config import DEFAULTS
+from search.models.augment import get_augmentation, get_mix
 from search.models.freezing import get_strategy
 from search.space import Space
 from search.space.schema import condition
+from search.study.warm_start import portfolio_candidates, transfer
 
 # the seeds' feature-extractor recipe (articles 000 and 002), on top of every knob's plain default
 SCREEN_RECIPE = {"freeze": "frozen", "optimizer": "adam", "learning_rate": 1e-3, "dropout": 0.2}
-SCREEN, SEARCH = "screen", "search"  # the stages a trial line and the dashboard name
+SCREEN, FOCUS, SEARCH = "screen", "focus", "search"  # the stages a trial line and the dashboard name
+FOCUS_PAIRS, FOCUS_CONFIGS = 2, 2  # the best screened backbone x size pairs, the portfolio's first fine-tuning configs
+FOCUS_ATTR = "focus_queued"  # study user attr: the focus stage is queued (once, by whichever process sees it first)
+LATER_ATTR = "queued_after_screen"  # study user attr: the space's own queue, held back until the focus is queued
 MAX_SHARE = 1 / 3  # no single trial may be planned to take more of the budget than this
 DELIVERY_SHARE = 0.1  # of a budget, kept for building and testing the delivered model (search/deliver/ensemble.py)
 # ... and at least this many seconds: the trial in flight at the search's end, the delivery, the test pass and the
@@ -60,26 +69,96 @@ def screening_trials(space: Space) -> list[dict]:
     if not space.study.screen or "frozen" not in space.values("freeze"):
         return []
     sampled = {name for name, p in space.params.items() if not p.is_fixed}
-    values = {**DEFAULTS, **{n: space.fixed(n) for n in space.params if n not in sampled}, **SCREEN_RECIPE}
-    common = {}
-    for name in sorted(sampled - {"backbone", "image_size"}):
-        depends = condition(name)
-        if depends and not depends[1](values[depends[0]]):
-            continue  # not sampled for a frozen Adam trial (momentum, unfreeze_layers...)
-        if name in values and _allowed(space, name, values[name]):
-            common[name] = values[name]  # a knob whose plain value is outside the space is left to the sampler
+    common = _with_plain_knobs(space, SCREEN_RECIPE, sampled - {"backbone", "image_size"})
     backbones = list(space.params["backbone"].choices) if "backbone" in sampled else [None]
     sizes = sorted(space.params["image_size"].choices, reverse=True) if "image_size" in sampled else [None]
     return [{**common, **({"backbone": b} if b is not None else {}), **({"image_size": s} if s is not None else {})}
             for s in sizes for b in backbones]
 
 
+def _with_plain_knobs(space: Space, recipe: dict, names) -> dict:
+    """`recipe`, with every other sampled knob in `names` that applies to it at its plain default (DEFAULTS), so
+    a queued trial is the recipe and not the recipe plus random knobs."""
+    sampled = {name for name, p in space.params.items() if not p.is_fixed}
+    values = {**DEFAULTS, **{n: space.fixed(n) for n in space.params if n not in sampled}, **recipe}
+    out = {}
+    for name in sorted(names):
+        depends = condition(name)
+        if depends and not depends[1](values[depends[0]]):
+            continue  # not sampled for this recipe (momentum for Adam, unfreeze_layers for frozen...)
+        if name in values and _allowed(space, name, values[name]):
+            out[name] = values[name]  # a knob whose plain value is outside the space is left to the sampler
+    return out
+
+
+def focus_trials(space: Space, pairs: list[dict]) -> list[dict]:
+    """The params of the focus stage: the portfolio's first FOCUS_CONFIGS configs that fine-tune the top of the
+    backbone over a cached prefix (reduced to this space), each on the FOCUS_PAIRS best screened pairs `pairs`
+    ([{backbone?, image_size?}], best first)."""
+    configs = []
+    for candidate in portfolio_candidates():
+        config = transfer(candidate["params"], space)
+        config.pop("backbone", None), config.pop("image_size", None)
+        strategy = get_strategy(config.get("freeze", "frozen"))
+        if strategy.trains_backbone and not strategy.trains_all:  # a full fine-tune is left to the sampler: on
+            configs.append(config)  # flowers one took 46-57 % of a search (issue 27)
+    sampled = {name for name, p in space.params.items() if not p.is_fixed}
+    out = []
+    for config in configs[:FOCUS_CONFIGS]:
+        for pair in pairs[:FOCUS_PAIRS]:
+            recipe = {**config, **pair}
+            out.append({**_with_plain_knobs(space, recipe, sampled - set(recipe)), **recipe})
+    return out
+
+
+def ranked_pairs(study: optuna.Study, current: tuple[int, float, dict] | None = None) -> list[dict]:
+    """The screened backbone x size pairs, best first: {backbone, image_size} as sampled (a fixed one left out).
+    current: (number, value, params) of a screening trial whose value is not stored yet."""
+    done = [(t.value, -t.number, t.params) for t in study.get_trials(deepcopy=False, states=(
+        optuna.trial.TrialState.COMPLETE,)) if t.user_attrs.get("stage") == SCREEN and len(t.values) == 1]
+    if current is not None:
+        done.append((current[1], -current[0], current[2]))
+    pairs = []
+    for _, _, params in sorted(done, key=lambda d: (d[0], d[1]), reverse=True):
+        pair = {k: params[k] for k in ("backbone", "image_size") if k in params}
+        if pair not in pairs:
+            pairs.append(pair)
+    return pairs
+
+
+def queue_focus(study: optuna.Study, space: Space, current: tuple[int, float, dict] | None = None) -> int:
+    """Once the screen is done (no screening trial waits or runs but `current`'s), queue the focus stage, then
+    the space's held-back queue. Returns how many trials it queued (0: not yet, already done, or no screen)."""
+    if study.user_attrs.get(FOCUS_ATTR) or LATER_ATTR not in study.user_attrs:
+        return 0
+    me = None if current is None else current[0]
+    pending = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,
+                                                       optuna.trial.TrialState.RUNNING))
+    if any(t.user_attrs.get("stage") == SCREEN and t.number != me for t in pending):
+        return 0
+    study.set_user_attr(FOCUS_ATTR, True)
+    queued = 0
+    for params in focus_trials(space, ranked_pairs(study, current)):
+        study.enqueue_trial(params, user_attrs={"stage": FOCUS}, skip_if_exists=True)
+        queued += 1
+    for params in study.user_attrs.get(LATER_ATTR, []):
+        study.enqueue_trial(params, skip_if_exists=True)
+        queued += 1
+    return queued
+
+
+def cost_kind(params: dict, fixed: dict) -> tuple:
+    """What a trial's time depends on most: backbone choice, image size, how much of the backbone trains (none,
+    a top part over a cached prefix, all of it: a backbone pass per image per epoch), and whether its inputs
+    change every epoch (no cache) or are doubled by their mirror images."""
+    get = lambda k: next((v for v in (params.get(k), fixed.get(k), DEFAULTS.get(k)) if v is not None), None)  # noqa: E731
+    strategy, augment = get_strategy(get("freeze")), get_augmentation(get("augment"))
+    return (get("backbone"), get("image_size"), strategy.trains_backbone, strategy.trains_all,
+            augment.cacheable and get_mix(get("mix")).cacheable, augment.mirrors)
+
+
 def _like(params: dict, other: dict, fixed: dict) -> bool:
-    """Same backbone choice, image size and kind of freezing (the things a trial's time depends on most)."""
-    get = lambda p, k: p.get(k, fixed.get(k))  # noqa: E731
-    kind = lambda p: get_strategy(get(p, "freeze")).trains_backbone  # noqa: E731
-    return (get(params, "backbone") == get(other, "backbone") and get(params, "image_size") == get(other, "image_size")
-            and kind(params) == kind(other))
+    return cost_kind(params, fixed) == cost_kind(other, fixed)
 
 
 def estimated_seconds(study: optuna.Study, params: dict, fixed: dict) -> tuple[float, int] | None:
@@ -120,6 +199,7 @@ def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None
 STOPS = (("not started", "not started: the cost model (it could not finish in time, or would take over a third)"),
          ("below the incumbent", "stopped by the fold race: behind the incumbent"),
          ("stopped at the study's deadline", "stopped at the budget's end"),
+         ("over its share of the budget", "stopped by the cost cap: over a third of the budget, not leading"),
          ("pruned after fold", "stopped by the fold race: below the median of completed trials"),
          ("pruned", "pruned in fold 1 by the pruner (per fine-tuning epoch)"),
          ("failed", "failed"), ("interrupted", "interrupted (Ctrl-C / SIGTERM)"))
@@ -139,15 +219,17 @@ def note_section(study: optuna.Study, space: Space, delivers: bool) -> str:
              f"1. **Screen**: {len(screens)} trial(s) of the seeds' frozen recipe (frozen, Adam 1e-3, dropout 0.2) "
              "on every backbone x image size, first; seconds each on cached features." if screens else
              "1. **Screen**: none (study.screen off, or the space cannot freeze the backbone).",
-             "2. **Search**: the sampler's trials. A fine-tuning trial starts from its backbone x size's screened head "
+             "2. **Focus**: when the screen is done, the portfolio's first fine-tuning configs on the best screened "
+             "backbone x size pairs, then the space's queued trials." if screens else "2. **Focus**: none (no screen).",
+             "3. **Search**: the sampler's trials. A fine-tuning trial starts from its backbone x size's screened head "
              "(LP-FT) when there is one; the fold race stops a trial whose running mean trails the incumbent by more "
              "than two standard errors; a trial like ones that took longer than the time left, or over a third of "
              "the budget, is not started.",
-             f"3. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "
+             f"4. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "
              "delivered model from the best "
              "trials' kept fold models (their fold ensemble or a greedy ensemble, by out-of-fold accuracy), tested "
              "once on the test split: studies/<name>/delivered/." if delivers else
-             "3. **Deliver**: off (study.deliver: false, or a Pareto study: the choice is the user's)."]
+             "4. **Deliver**: off (study.deliver: false, or a Pareto study: the choice is the user's)."]
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if completed and len(study.directions) == 1:
         best = study.best_trial

@@ -111,9 +111,12 @@ def open_study(space: Space, storage=None, sampler=None) -> optuna.Study:
         baselines = prerank.on_new_study(study, space)  # study.rank: LogME ranking, once, before any trial
         study.set_user_attr(FOLDS_ATTR, resolve_folds(space))  # before the space: a study with one has both
         study.set_user_attr(SPACE_ATTR, space.raw)
-        for params in plan.screening_trials(prerank.restricted(space, study)):  # seconds each: first (plan.py)
+        screens = plan.screening_trials(prerank.restricted(space, study))
+        for params in screens:  # seconds each: first (plan.py)
             study.enqueue_trial(params, user_attrs={"stage": plan.SCREEN}, skip_if_exists=True)
-        for params in baselines:  # baselines next, once, when the study is new
+        if screens:  # queued after the focus stage, when the screen is done (plan.queue_focus)
+            study.set_user_attr(plan.LATER_ATTR, list(baselines))
+        for params in [] if screens else baselines:  # baselines next, once, when the study is new
             study.enqueue_trial(params, skip_if_exists=True)
     elif stored.get("params") != space.raw.get("params"):
         changed = sorted(k for k in set(stored.get("params", {})) | set(space.raw.get("params", {}))

@@ -18,6 +18,7 @@ import numpy as np
 from search.config import TrialConfig
 from search.data.datasets import load_images, load_pool, subset
 from search.data.folds import best_finetune_epochs, fold_indices, mean_std, refit_epochs
+from search.models.build import ReusedBackbone
 from search.training.metrics import classification_metrics
 from search.training.train import TrainResult, train
 
@@ -28,6 +29,7 @@ class CVResult:
     fold_values: list[float]  # validation accuracy of each fold
     best_epochs: list[int]  # fine-tuning epochs to each fold's best validation accuracy
     oof_probabilities: np.ndarray | None = None  # softmax of every pool image by the fold that did not train on it
+    labels: np.ndarray | None = None  # every pool image's label, in the order of oof_probabilities
 
     @property
     def mean_std(self) -> tuple[float, float]:
@@ -55,6 +57,7 @@ def cross_validate(cfg: TrialConfig, k: int, callbacks_for: Callable[[int], list
     (search.training.train.PHASES); `head_for(i)`: trained head weights fold i starts from (train's `head`), or None."""
 
     pool, folds, names = cv_folds(cfg, k)
+    reuse = ReusedBackbone()  # built once for the K folds, its pretrained weights restored for each
     values, best, results, truth = [], [], [], []
     oof = np.zeros((len(pool), len(names)), np.float32)
     for i, (train_idx, val_idx) in enumerate(folds):
@@ -63,7 +66,7 @@ def cross_validate(cfg: TrialConfig, k: int, callbacks_for: Callable[[int], list
             keras.backend.clear_session()  # the previous fold's model is no longer needed
         result = train(dataclasses.replace(cfg, seed=cfg.seed + i), subset(pool, train_idx), subset(pool, val_idx),
                        names, callbacks=callbacks_for(i), curve=fold_curve, seconds_by_phase=seconds_by_phase,
-                       head=head_for(i))
+                       head=head_for(i), reuse=reuse)
         values.append(result.metrics["accuracy"])
         best.append(best_finetune_epochs(fold_curve, cfg.warmup_epochs))
         truth.append(pool.labels[val_idx])
@@ -71,7 +74,7 @@ def cross_validate(cfg: TrialConfig, k: int, callbacks_for: Callable[[int], list
         fold_model(i, result.model)
         results.append(dataclasses.replace(result, model=None) if i < k - 1 else result)
         after_fold(i, list(values))
-    return CVResult(_combined(results, truth, values, names, curve), values, best, oof)
+    return CVResult(_combined(results, truth, values, names, curve), values, best, oof, pool.labels)
 
 
 def _combined(results: list[TrainResult], truth: list[np.ndarray], values: list[float], names, curve) -> TrainResult:

@@ -251,6 +251,7 @@ def train(
     curve: list | None = None,
     seconds_by_phase: dict | None = None,
     head: list[np.ndarray] | None = None,
+    reuse=None,
 ) -> TrainResult:
     """Train `cfg` on train_split, validating per epoch on eval_split; `callbacks` go to both phases.
 
@@ -259,7 +260,8 @@ def train(
     `curve` and `seconds_by_phase` (PHASES) may be caller-owned, so that a pruned trial keeps them.
     head: trained head weights (search.models.build.head_weights of a model with this head, trained on this
     train split) to start from: LP-FT (Kumar et al. 2022), phase 1's warm-up is then skipped, and phase 2
-    keeps its epoch numbers (W..W+F-1), so its pruning steps are those of every other trial."""
+    keeps its epoch numbers (W..W+F-1), so its pruning steps are those of every other trial.
+    reuse: a search.models.build.ReusedBackbone shared by models trained one after the other (the folds)."""
     if eval_split is None and cfg.early_stopping_patience > 0:
         raise ValueError("a fit without a validation split runs a fixed number of epochs: "
                          "set early_stopping_patience to 0")
@@ -273,7 +275,7 @@ def train(
     started = time.perf_counter()
     try:
         with timed(clock, "build"):
-            model = build_model(cfg, n_classes)
+            model = build_model(cfg, n_classes, reuse)
             if head is not None:
                 set_head_weights(model, head)
             splits = [train_split] if eval_split is None else [train_split, eval_split]
