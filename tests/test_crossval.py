@@ -109,6 +109,34 @@ def test_fold_features_are_computed_once_per_image():
     assert np.asarray(cv.result.metrics["confusion_matrix"]).sum(axis=1).tolist() == np.bincount(pool.labels).tolist()
 
 
+def test_the_folds_of_a_trial_build_one_backbone_and_restore_its_pretrained_weights(monkeypatch):
+    """A full fine-tune changes every backbone weight in fold 1; fold 2 starts from the pretrained ones again,
+    on the same backbone object (built and loaded once a trial, not once a fold)."""
+    import search.models.build as build
+    import search.training.crossval as crossval
+
+    built, starts, trained = [], [], []
+    real = build.build_backbone
+    monkeypatch.setattr(build, "build_backbone", lambda *a: built.append(a) or real(*a))
+
+    class Recording(build.ReusedBackbone):
+        def __call__(self, info, cfg):
+            backbone = super().__call__(info, cfg)
+            starts.append((id(backbone), [w.copy() for w in backbone.get_weights()]))
+            return backbone
+
+    monkeypatch.setattr(crossval, "ReusedBackbone", Recording)
+    cfg = TrialConfig(dataset="builtin:shapes", image_size=32, backbone="tiny_cnn", weights="builtin", freeze="full",
+                      warmup_epochs=1, finetune_epochs=1, learning_rate=0.05, seed=5)
+    cv = cross_validate(cfg, 2, lambda i: [], [], fold_model=lambda i, model: trained.append(
+        [w.copy() for w in build.get_backbone_model(model).get_weights()]))
+    assert len(built) == 1 and len(starts) == 2 and starts[0][0] == starts[1][0]  # one backbone, two folds
+    pretrained = starts[0][1]
+    assert not all(np.array_equal(a, b) for a, b in zip(trained[0], pretrained))  # fold 1 changed it
+    assert all(np.array_equal(a, b) for a, b in zip(starts[1][1], pretrained))  # fold 2 started from pretrained
+    assert cv.labels.tolist() == load_pool("builtin:shapes", 32, SPLIT, 0).labels.tolist()
+
+
 @pytest.fixture(scope="module")
 def raced(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cv")

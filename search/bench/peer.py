@@ -233,8 +233,8 @@ class PeerData:
 
 
 def bench(data_path: str, weights: str, budget_s: float = 600, seeds: int = 3, name: str = "peer",
-          overrides: tuple = (), peer_kwargs: dict | None = None, log=print) -> Path:
-    """All three runs, the retraining, the report: studies/bench/<name>.md (and .json, .png)."""
+          overrides: tuple = (), peer_kwargs: dict | None = None, log=print, cache_off: bool = True) -> Path:
+    """All three runs (two without `cache_off`), the retraining, the report: studies/bench/<name>.md (.json, .png)."""
     from search.data.datasets import load_search_data, load_split
     from search.space import load_space
 
@@ -249,10 +249,11 @@ def bench(data_path: str, weights: str, budget_s: float = 600, seeds: int = 3, n
     folder.mkdir(parents=True, exist_ok=True)
     peer = run_peer(data, weights, budget_s, folder / f"{name}-kt", log=log, **(peer_kwargs or {}))
     ours = run_ours("this project", f"{name}-ours", space_overrides, budget_s, "memory", log)
-    plain = run_ours("this project, feature cache off", f"{name}-nocache", space_overrides, budget_s, "off", log)
+    plain = [run_ours("this project, feature cache off", f"{name}-nocache", space_overrides, budget_s, "off", log)
+             ] if cache_off else []
     peer.retrained = retrain_peer(peer, data, seeds)
     ours.retrained = retrain_ours(ours, seeds)
-    runs = [peer, ours, plain]
+    runs = [peer, ours, *plain]
     time_to_quality_figure({r.label: r.curve for r in runs}, peer.best_value).savefig(folder / f"{name}.png", dpi=110)
     return write_report(runs, peer.best_value, budget_s, data_path, folder / f"{name}.md")
 
