@@ -228,6 +228,37 @@ def test_a_trial_the_cost_model_cannot_fit_is_not_started(tmp_path):
     assert plan.refusal(study, dear, {}, left_s=10, budget_s=None) is None  # a count-bound run starts every trial
 
 
+def test_a_short_budget_screens_the_largest_sizes_and_leaves_the_smallest_out():
+    """The screen's trials took 90 s: within 40 % of a 300 s budget the next screen starts, of a 200 s budget it does
+    not (and the focus stage is queued from what was screened); a count-bound study screens everything."""
+    space = parse_space(
+        {"params": {"backbone": {"choices": ["tiny_cnn", "mobilenet_v2@0.35"]}, "image_size": {"choices": [32, 48]},
+                    "weights": "none", "freeze": {"choices": ["frozen", "top_blocks"]},
+                    "unfreeze_blocks": {"low": 1, "high": 2}}}, "s.yaml")
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(plan.LATER_ATTR, [])
+    screens = plan.screening_trials(space)
+    for params, value in zip(screens[:2], (0.7, 0.8)):  # the two 48 px pairs, 45 s each
+        trial = optuna.trial.create_trial(params=params, value=value, user_attrs={"stage": "screen"},
+                                          distributions=_distributions(space, params))
+        trial.datetime_start = datetime.datetime(2026, 1, 1)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=45)
+        study.add_trial(trial)
+    assert plan.refusal(study, screens[2], {}, left_s=200, budget_s=300, screening=True) is None
+    assert plan.refusal(study, screens[2], {}, left_s=100, budget_s=200, screening=True) == \
+        "the screen took 90 s, 40% of the budget (200 s)"
+    assert plan.refusal(study, screens[2], {}, left_s=None, budget_s=None, screening=True) is None
+    for params in screens[2:]:
+        study.enqueue_trial(params, user_attrs={"stage": "screen"})
+    refused = study.ask()  # the 32 px tiny_cnn, refused: the other 32 px screen still waits, so no focus yet
+    assert plan.queue_focus(study, space, (refused.number, None, screens[2])) == 0
+    study.tell(refused, state=optuna.trial.TrialState.PRUNED)
+    last = study.ask()
+    assert plan.queue_focus(study, space, (last.number, None, screens[3])) > 0  # the last one, refused too
+    focus = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    assert [(f["backbone"], f["image_size"]) for f in focus[:2]] == [("mobilenet_v2@0.35", 48), ("tiny_cnn", 48)]
+
+
 def test_the_cost_model_tells_kinds_of_trial_apart():
     """A full fine-tune (a backbone pass per image per epoch) is not timed by a top-blocks one (a cached prefix),
     nor a mirrored or image-augmented trial by a plain one."""

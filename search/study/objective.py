@@ -72,7 +72,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.trial_started = time.monotonic()
-        self.running_mean, self.fold = None, 0  # the mean over the folds done so far (the cost cap asks whether it leads)
+        self.running_mean, self.fold = None, 0  # the folds' mean so far (the cost cap asks whether it leads)
         self._study = trial.study
         cfg = sample(trial, self.space)
         write(trial, config=cfg.to_dict())
@@ -81,9 +81,12 @@ class Objective:
         if TrialRecord.of(trial).stage != plan.SCREEN:  # a second chance, if two screens ended at once
             plan.queue_focus(trial.study, self.space)
         left = None if self.deadline is None else self.deadline - time.monotonic()
-        why = plan.refusal(trial.study, trial.params, self._fixed, left, self.budget_s)
+        screening = TrialRecord.of(trial).stage == plan.SCREEN
+        why = plan.refusal(trial.study, trial.params, self._fixed, left, self.budget_s, screening)
         if why:  # before anything is built: a refused trial costs nothing
             write(trial, ended=f"not started: {why}")
+            if screening:  # the last screen refused queues the focus stage
+                plan.queue_focus(trial.study, self.space, (trial.number, None, trial.params))
             if left is not None and plan.nothing_fits(trial.study, left):
                 trial.study.stop()  # no trial of any kind so far took as little as the time left
             raise optuna.TrialPruned(f"not started: {why}")
@@ -94,7 +97,6 @@ class Objective:
         result = None
         # a screening trial is never pruned: it costs seconds, and its folds' heads and out-of-fold predictions
         # are what LP-FT and the delivered ensemble are built from (search/study/plan.py)
-        screening = TrialRecord.of(trial).stage == plan.SCREEN
         pruning = None if screening else self._pruning(trial, cfg)
         self.capped = not screening and self.budget_s is not None and self.space.study.cost is None
         callbacks = [c for c in (pruning, StopOnSignal(), self._deadline(), self._cap()) if c is not None]

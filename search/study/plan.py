@@ -5,13 +5,15 @@
    part's outputs are computed once and cached, and only the head trains. The best of them is the study's first
    incumbent, so by construction the study starts at least at the seeds' frozen recipe, by an honest value, and
    every backbone x size has a real accuracy before TPE models anything.
-2. Focus. When the screen is done, the portfolio's fine-tuning configs (spaces/portfolio.yaml, chosen across
-   data sets) are queued on the best screened backbone x size pairs, each starting from its pair's screened head
-   (LP-FT): fine-tuning is spent where the screen found the features, before the space's own queued recipes and
-   the sampler's trials, which follow as before.
-3. Cost. A trial whose like (same backbone, width, image size and kind of freezing) already ran is refused
-   before it starts when their wall time says it cannot finish in the time left, or would take more than
-   MAX_SHARE of the whole budget: on flowers one full fine-tune at 224 px took 46-57 % of a search.
+2. Focus. When the screen is done, the portfolio's fine-tuning configs that train the top of the backbone
+   (spaces/portfolio.yaml, chosen across data sets) are queued on the best screened backbone x size pairs, each
+   starting from its pair's screened head (LP-FT): fine-tuning is spent where the screen found the features,
+   before the space's own queued recipes and the sampler's trials, which follow as before.
+3. Cost. A trial whose like (cost_kind: same backbone, width, image size, part of the backbone trained, cached
+   or not, mirrored or not) already ran is refused before it starts when their wall time says it cannot finish
+   in the time left, or would take more than MAX_SHARE of the whole budget: on flowers one full fine-tune at
+   224 px took 46-57 % of a search. A running trial past MAX_SHARE that does not lead is stopped
+   (search/study/objective.py, Objective.over_share).
 
 No Keras here: the objective asks `refusal` before it trains, run.py asks `screening_trials` for a new study.
 """
@@ -34,6 +36,10 @@ FOCUS_PAIRS, FOCUS_CONFIGS = 2, 2  # the best screened backbone x size pairs, th
 FOCUS_ATTR = "focus_queued"  # study user attr: the focus stage is queued (once, by whichever process sees it first)
 LATER_ATTR = "queued_after_screen"  # study user attr: the space's own queue, held back until the focus is queued
 MAX_SHARE = 1 / 3  # no single trial may be planned to take more of the budget than this
+# the screen starts no more trials once its trials took this much of the budget: the smallest sizes, screened last,
+# are left out when a budget is short (the 100-a-class proxy's 12 pairs took 158 of its 300 s, and the focus trial
+# after them was stopped at the budget's end in its last fold)
+SCREEN_SHARE = 0.4
 DELIVERY_SHARE = 0.1  # of a budget, kept for building and testing the delivered model (search/deliver/ensemble.py)
 # ... and at least this many seconds: the trial in flight at the search's end, the delivery, the test pass and the
 # process's exit take seconds whatever the budget (6.4 s after the search's end for the built-in default, 40 s
@@ -97,8 +103,7 @@ def focus_trials(space: Space, pairs: list[dict]) -> list[dict]:
     ([{backbone?, image_size?}], best first)."""
     configs = []
     for candidate in portfolio_candidates():
-        config = transfer(candidate["params"], space)
-        config.pop("backbone", None), config.pop("image_size", None)
+        config = {k: v for k, v in transfer(candidate["params"], space).items() if k not in ("backbone", "image_size")}
         strategy = get_strategy(config.get("freeze", "frozen"))
         if strategy.trains_backbone and not strategy.trains_all:  # a full fine-tune is left to the sampler: on
             configs.append(config)  # flowers one took 46-57 % of a search (issue 27)
@@ -111,12 +116,12 @@ def focus_trials(space: Space, pairs: list[dict]) -> list[dict]:
     return out
 
 
-def ranked_pairs(study: optuna.Study, current: tuple[int, float, dict] | None = None) -> list[dict]:
+def ranked_pairs(study: optuna.Study, current: tuple[int, float | None, dict] | None = None) -> list[dict]:
     """The screened backbone x size pairs, best first: {backbone, image_size} as sampled (a fixed one left out).
-    current: (number, value, params) of a screening trial whose value is not stored yet."""
+    current: (number, value, params) of a screening trial whose value is not stored yet (None: not screened)."""
     done = [(t.value, -t.number, t.params) for t in study.get_trials(deepcopy=False, states=(
         optuna.trial.TrialState.COMPLETE,)) if t.user_attrs.get("stage") == SCREEN and len(t.values) == 1]
-    if current is not None:
+    if current is not None and current[1] is not None:
         done.append((current[1], -current[0], current[2]))
     pairs = []
     for _, _, params in sorted(done, key=lambda d: (d[0], d[1]), reverse=True):
@@ -126,9 +131,10 @@ def ranked_pairs(study: optuna.Study, current: tuple[int, float, dict] | None = 
     return pairs
 
 
-def queue_focus(study: optuna.Study, space: Space, current: tuple[int, float, dict] | None = None) -> int:
-    """Once the screen is done (no screening trial waits or runs but `current`'s), queue the focus stage, then
-    the space's held-back queue. Returns how many trials it queued (0: not yet, already done, or no screen)."""
+def queue_focus(study: optuna.Study, space: Space, current: tuple[int, float | None, dict] | None = None) -> int:
+    """Once the screen is done (no screening trial waits or runs but `current`'s: (number, value or None when not
+    started, params)), queue the focus stage, then the space's held-back queue. Returns how many trials it queued
+    (0: not yet, already done, or no screen)."""
     if study.user_attrs.get(FOCUS_ATTR) or LATER_ATTR not in study.user_attrs:
         return 0
     me = None if current is None else current[0]
@@ -151,7 +157,9 @@ def cost_kind(params: dict, fixed: dict) -> tuple:
     """What a trial's time depends on most: backbone choice, image size, how much of the backbone trains (none,
     a top part over a cached prefix, all of it: a backbone pass per image per epoch), and whether its inputs
     change every epoch (no cache) or are doubled by their mirror images."""
-    get = lambda k: next((v for v in (params.get(k), fixed.get(k), DEFAULTS.get(k)) if v is not None), None)  # noqa: E731
+    def get(name):  # the trial's value, else the space's fixed one, else the plain default
+        return next((v for v in (params.get(name), fixed.get(name), DEFAULTS.get(name)) if v is not None), None)
+
     strategy, augment = get_strategy(get("freeze")), get_augmentation(get("augment"))
     return (get("backbone"), get("image_size"), strategy.trains_backbone, strategy.trains_all,
             augment.cacheable and get_mix(get("mix")).cacheable, augment.mirrors)
@@ -179,9 +187,16 @@ def nothing_fits(study: optuna.Study, left_s: float) -> bool:
     return bool(seconds) and min(seconds) > left_s
 
 
-def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None, budget_s: float | None) -> str | None:
-    """Why a trial with `params` should not start, or None. Only a budget refuses: a count-bound study runs all."""
+def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None, budget_s: float | None,
+            screening: bool = False) -> str | None:
+    """Why a trial with `params` should not start, or None. Only a budget refuses: a count-bound study runs all.
+    A screening trial is refused once the screen's trials took SCREEN_SHARE of the budget."""
     if not budget_s:
+        return None
+    if screening:
+        spent = sum(_seconds(study, lambda t: t.user_attrs.get("stage") == SCREEN))
+        if spent >= SCREEN_SHARE * budget_s:
+            return f"the screen took {spent:.0f} s, {SCREEN_SHARE:.0%} of the budget ({budget_s:.0f} s)"
         return None
     estimate = estimated_seconds(study, params, fixed)
     if estimate is None:
@@ -196,7 +211,8 @@ def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None
 
 
 # why a trial that did not complete ended, from its `ended` words (search/study/objective.py writes them)
-STOPS = (("not started", "not started: the cost model (it could not finish in time, or would take over a third)"),
+STOPS = (("not started: the screen took", "not started: the screen had used its share of the budget"),
+         ("not started", "not started: the cost model (it could not finish in time, or would take over a third)"),
          ("below the incumbent", "stopped by the fold race: behind the incumbent"),
          ("stopped at the study's deadline", "stopped at the budget's end"),
          ("over its share of the budget", "stopped by the cost cap: over a third of the budget, not leading"),
@@ -224,7 +240,8 @@ def note_section(study: optuna.Study, space: Space, delivers: bool) -> str:
              "3. **Search**: the sampler's trials. A fine-tuning trial starts from its backbone x size's screened head "
              "(LP-FT) when there is one; the fold race stops a trial whose running mean trails the incumbent by more "
              "than two standard errors; a trial like ones that took longer than the time left, or over a third of "
-             "the budget, is not started.",
+             "the budget, is not started; a running trial that has had a third of the budget without leading is "
+             "stopped.",
              f"4. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "
              "delivered model from the best "
              "trials' kept fold models (their fold ensemble or a greedy ensemble, by out-of-fold accuracy), tested "
