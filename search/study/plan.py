@@ -4,7 +4,8 @@
    other knob at its plain default) on every backbone x image size of the space. Each costs seconds: the frozen
    part's outputs are computed once and cached, and only the head trains. The best of them is the study's first
    incumbent, so by construction the study starts at least at the seeds' frozen recipe, by an honest value, and
-   every backbone x size has a real accuracy before TPE models anything.
+   every backbone x size has a real accuracy before TPE models anything. A short budget screens until the screen
+   took SCREEN_SHARE of it: the smallest sizes, screened last, are left out.
 2. Focus. When the screen is done, the portfolio's fine-tuning configs that train the top of the backbone
    (spaces/portfolio.yaml, chosen across data sets) are queued on the best screened backbone x size pairs, each
    starting from its pair's screened head (LP-FT): fine-tuning is spent where the screen found the features,
