@@ -132,7 +132,7 @@ def best_so_far(study):
     from completed trials, so pruned ones are kept apart."""
     import optuna
 
-    start = min(t.datetime_start for t in study.trials)
+    start = min(t.datetime_start for t in study.trials if t.datetime_start)  # a queued trial never started
 
     def ended(state):
         trials = sorted((t for t in study.trials if t.state == state and t.value is not None),

@@ -59,7 +59,7 @@ def best_so_far(study) -> list:
     """[(seconds since the first trial started, best completed value so far)], one point per completed trial."""
     import optuna
 
-    start = min(t.datetime_start for t in study.trials).timestamp()
+    start = min(t.datetime_start for t in study.trials if t.datetime_start).timestamp()  # queued ones never started
     curve, best = [], -1.0
     for t in sorted(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)),
                     key=lambda t: t.datetime_complete):
