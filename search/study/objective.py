@@ -144,16 +144,12 @@ class Objective:
         except FoldPruned as exc:
             write(trial, ended=f"pruned {exc}")
             raise
-        except OverShare as exc:
+        except (OverShare, DeadlineReached) as exc:
             where = f" of fold {self.fold + 1} of {folds}" if folds > 1 else ""
             write(trial, ended=f"{exc} after epoch {exc.epoch + 1}{where}" if exc.epoch is not None
                                 else f"{exc} after fold {self.fold + 1} of {folds}")
-            raise
-        except DeadlineReached as exc:
-            where = f" of fold {self.fold + 1} of {folds}" if folds > 1 else ""
-            write(trial, ended=f"{exc} after epoch {exc.epoch + 1}{where}" if exc.epoch is not None
-                                else f"{exc} after fold {self.fold + 1} of {folds}")
-            trial.study.stop()  # Optuna's own clock started a moment later than ours: start nothing more
+            if isinstance(exc, DeadlineReached):
+                trial.study.stop()  # Optuna's own clock started a moment later than ours: start nothing more
             raise
         except optuna.TrialPruned as exc:
             why = f": {exc}" if isinstance(exc, BelowFloor) else ""
@@ -236,9 +232,8 @@ class Objective:
         if not self.capped or time.monotonic() - self.trial_started <= plan.MAX_SHARE * self.budget_s:
             return False
         evidence = [v for v in (value if self.fold == 0 else None, self.running_mean) if v is not None]
-        completed = [t.value for t in self._study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                     if t.value is not None]
-        return bool(completed) and not any(v >= max(completed) for v in evidence)
+        best = _best_value(self._study)
+        return best is not None and not any(v >= best for v in evidence)
 
     def _race(self, trial: optuna.Trial, fold: int, folds: int, values: list[float]) -> None:
         """After fold `fold`: record the folds so far (a pruned trial keeps them) and report their mean."""
@@ -279,9 +274,8 @@ class Objective:
         """The running mean is at or above every completed trial's value. Folds differ: other trials' means after
         fold 1 can sit above their final values, and a median of those once stopped a 5-second frozen trial at
         0.9024 while the study's best was 0.8968 (issue 27)."""
-        values = [t.value for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                  if t.value is not None]
-        return bool(values) and mean >= max(values)
+        best = _best_value(trial.study)
+        return best is not None and mean >= best
 
     @staticmethod
     def _trails_incumbent(trial: optuna.Trial, fold: int, mean: float) -> str | None:
@@ -366,6 +360,13 @@ class DeadlineReached(optuna.TrialPruned):
     def __init__(self, epoch: int | None):
         super().__init__("stopped at the study's deadline")
         self.epoch = epoch
+
+
+def _best_value(study: optuna.Study) -> float | None:
+    """The best value of the completed trials (None: none completed yet): what a trial must reach to lead."""
+    values = [t.value for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+              if t.value is not None]
+    return max(values) if values else None
 
 
 class OverShare(optuna.TrialPruned):
