@@ -30,7 +30,7 @@ import numpy as np
 from search.config import TrialConfig, study_dir
 from search.data.datasets import load_images, load_split
 from search.errors import UserError
-from search.study.members import Member, load_members
+from search.study.members import HEAD_SUFFIX, Member, load_members
 
 ROUNDS = 20  # greedy additions; Caruana's library sizes converged well before this on a handful of models
 # Networks in a delivered model at most: a trial contributes min(K, MAX_MODELS // trials chosen) of its fold models.
@@ -88,14 +88,21 @@ def choose(members: list[Member]) -> dict:
 
 
 def member_models(member: Member, num_classes: int, most: int | None = None) -> list:
-    """The member's fold models (its first `most`), rebuilt from its config, loaded with their trained weights."""
-    from search.models.build import build_model
+    """The member's fold models (its first `most`), rebuilt from its config, loaded with their trained weights: a
+    whole model's file replaces every weight; a head's file goes on the config's own pretrained backbone."""
+    from search.models.build import build_model, set_head_weights
 
-    cfg = TrialConfig.from_dict({**member.config, "weights": "none"})  # the file's weights replace them all
+    cfg = TrialConfig.from_dict(member.config)
+    bare = TrialConfig.from_dict({**member.config, "weights": "none"})  # a whole model's file replaces them all
     models = []
     for path in member.weights[:most]:
-        model = build_model(cfg, num_classes)
-        model.load_weights(path)
+        if path.name.endswith(HEAD_SUFFIX):
+            model = build_model(cfg, num_classes)
+            with np.load(path) as arrays:
+                set_head_weights(model, [arrays[f"arr_{i}"] for i in range(len(arrays.files))])
+        else:
+            model = build_model(bare, num_classes)
+            model.load_weights(path)
         models.append(model)
     return models
 

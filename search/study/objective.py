@@ -109,7 +109,7 @@ class Objective:
 
             def keep_fold(i, model):
                 if self.keeper:
-                    self.keeper.save_fold(trial.number, i, model)
+                    self.keeper.save_fold(trial.number, i, model, head_only=not get_strategy(cfg.freeze).trains_backbone)
                 if screening:
                     screened.append(head_weights(model))
 

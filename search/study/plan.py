@@ -38,9 +38,11 @@ FOCUS_ATTR = "focus_queued"  # study user attr: the focus stage is queued (once,
 LATER_ATTR = "queued_after_screen"  # study user attr: the space's own queue, held back until the focus is queued
 MAX_SHARE = 1 / 3  # no single trial may be planned to take more of the budget than this
 # the screen starts no more trials once its trials took this much of the budget: the smallest sizes, screened last,
-# are left out when a budget is short (the 100-a-class proxy's 12 pairs took 158 of its 300 s, and the focus trial
-# after them was stopped at the budget's end in its last fold)
-SCREEN_SHARE = 0.4
+# are left out when a budget is short. On the 100-a-class proxy (300 s, 5 folds) its 12 pairs took 158 s and the
+# focus trial after them was stopped at the budget's end in its last fold; at 0.4 the screen's 7 pairs took 131-136 s
+# and in 2 of 3 seeds the focus trial (0.897 and 0.859 over its first folds, above every screen) was still stopped at
+# the end, in fold 4 or 5 of 5: a 5-fold top-blocks fine-tune there costs about 150 s, half the budget
+SCREEN_SHARE = 0.3
 DELIVERY_SHARE = 0.1  # of a budget, kept for building and testing the delivered model (search/deliver/ensemble.py)
 # ... and at least this many seconds: the trial in flight at the search's end, the delivery, the test pass and the
 # process's exit take seconds whatever the budget (6.4 s after the search's end for the built-in default, 40 s
