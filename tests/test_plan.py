@@ -22,7 +22,7 @@ from search.study import objective as plan_objective
 from search.study import plan
 from search.study.members import KEEP, Keeper, load_members
 from search.study.objective import FoldPruned, Objective
-from search.study.run import open_study, run_study
+from search.study.run import make_sampler, open_study, run_study
 from search.training.crossval import cv_folds
 from tests.conftest import make_env, write
 
@@ -258,6 +258,38 @@ def test_a_short_budget_screens_the_largest_sizes_and_leaves_the_smallest_out():
     assert plan.queue_focus(study, space, (last.number, None, screens[3])) > 0  # the last one, refused too
     focus = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
     assert [(f["backbone"], f["image_size"]) for f in focus[:2]] == [("mobilenet_v2@0.35", 48), ("tiny_cnn", 48)]
+
+
+def test_the_search_stage_samples_around_the_best_screened_pairs():
+    """After the screen (4 pairs) and a focus trial that leads on the second best screened pair, a sampled trial gets
+    the incumbent's pair in two trials of three and the best screened other pair in the third; its other knobs are
+    the base sampler's; a queued trial keeps its own pair. A study without a screen samples every pair."""
+    space = parse_space({"params": {"backbone": {"choices": CHOICES["backbone"]}, "image_size": {"choices": [32, 48]},
+                                    "weights": "none", "freeze": {"choices": ["frozen", "full"]},
+                                    "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}, "s.yaml")
+    assert isinstance(make_sampler(space), plan.AroundTheBest)
+    assert not isinstance(make_sampler(space.with_study(screen=False)), plan.AroundTheBest)
+    names = ("backbone", "image_size", "freeze", "learning_rate")
+    study = optuna.create_study(direction="maximize", sampler=plan.AroundTheBest(optuna.samplers.RandomSampler(0)))
+    assert len({(t.params["backbone"], t.params["image_size"]) for t in
+                (study.ask(_distributions(space, names)) for _ in range(12))}) == 4  # no screen yet: every pair
+    study = optuna.create_study(direction="maximize", sampler=plan.AroundTheBest(optuna.samplers.RandomSampler(0)))
+    screens = plan.screening_trials(space)
+    for params, value in zip(screens, (0.6, 0.9, 0.7, 0.8)):
+        study.add_trial(optuna.trial.create_trial(params=params, value=value, user_attrs={"stage": "screen"},
+                                                  distributions=_distributions(space, params)))
+    second = {k: screens[3][k] for k in ("backbone", "image_size")}  # screened 0.8, then 0.95 fine-tuned
+    leader = {**second, "freeze": "full", "learning_rate": 1e-3}
+    study.add_trial(optuna.trial.create_trial(params=leader, value=0.95, distributions=_distributions(space, leader)))
+    best_screened = {k: screens[1][k] for k in ("backbone", "image_size")}
+    study.enqueue_trial({**best_screened, "freeze": "frozen"})  # a queued trial: its own pair
+    asked = [study.ask(_distributions(space, names)) for _ in range(7)]
+    assert {k: asked[0].params[k] for k in best_screened} == best_screened  # trial 5, queued
+    for trial in asked[1:]:  # trials 6..11
+        pair = {k: trial.params[k] for k in best_screened}
+        assert pair == (best_screened if trial.number % 3 == 0 else second)
+    assert len({t.params["learning_rate"] for t in asked}) == 7 and {t.params["freeze"] for t in asked} == {
+        "frozen", "full"}
 
 
 def test_the_cost_model_tells_kinds_of_trial_apart():

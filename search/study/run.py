@@ -28,15 +28,18 @@ from search.study.storage import open_storage as _storage  # noqa: F401 (its old
 
 def make_sampler(space: Space, seed: int | None = None, parallel: bool = False) -> optuna.samplers.BaseSampler:
     """seed: the study's unless given (each worker gets its own, or they would all propose the same
-    params). parallel: TPE's constant liar, so a worker avoids the points other workers are running."""
+    params). parallel: TPE's constant liar, so a worker avoids the points other workers are running. A study that
+    screens samples its search stage around the best screened pairs (plan.AroundTheBest)."""
     options = dict(space.study.sampler)
     kind = options.pop("type", "tpe")
     seed = space.study.seed if seed is None else seed
     if kind == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if parallel:
-        options.setdefault("constant_liar", True)
-    return optuna.samplers.TPESampler(seed=seed, **options)
+        base = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        if parallel:
+            options.setdefault("constant_liar", True)
+        base = optuna.samplers.TPESampler(seed=seed, **options)
+    return plan.AroundTheBest(base) if plan.screening_trials(space) else base
 
 
 def make_pruner(space: Space) -> optuna.pruners.BasePruner:
