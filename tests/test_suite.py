@@ -72,3 +72,12 @@ def test_bad_arguments_are_one_line_errors(capsys):
     assert capsys.readouterr().err.strip() == "error: --sets 'mnist': valid: proxy, subset3, shapes, flowers"
     assert main(["bench-suite", "--sets", "proxy", "--seeds", "1"]) == 2
     assert "set 'proxy' needs DATA=<flowers folder> and WEIGHTS=<folder>" in capsys.readouterr().err
+
+
+def test_the_trial_count_leaves_out_queued_trials_that_never_started():
+    import optuna
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=2)
+    study.enqueue_trial({"x": 0.5})  # a focus trial the budget's end left waiting
+    assert len(study.trials) == 3 and suite.started_trials(study) == 2
