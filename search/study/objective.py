@@ -107,9 +107,11 @@ class Objective:
             if self.keeper:
                 self.keeper.begin(trial.number)
 
+            head_only = not get_strategy(cfg.freeze).trains_backbone  # the backbone is the pretrained one
+
             def keep_fold(i, model):
                 if self.keeper:
-                    self.keeper.save_fold(trial.number, i, model, head_only=not get_strategy(cfg.freeze).trains_backbone)
+                    self.keeper.save_fold(trial.number, i, model, head_only)
                 if screening:
                     screened.append(head_weights(model))
 
