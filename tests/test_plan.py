@@ -327,6 +327,39 @@ def test_a_trial_over_its_share_of_the_budget_stops_unless_it_leads():
         "stopped by the cost cap: over a third of the budget, not leading"
 
 
+def test_a_trial_whose_folds_cannot_end_before_the_deadline_stops():
+    """100 s left, 3 folds. In fold 1 a later fold is taken to last as long as fold 1's epochs so far: 60 s of them
+    stop it (120 s to go), 30 s do not. After fold 1, at its pace (60 s: stopped; 40 s: not); inside fold 2 the part
+    of it already done counts. Only a capped, cross-validated trial with a deadline is judged."""
+    space = parse_space({"params": {"warmup_epochs": 1, "finetune_epochs": 1}}, "s.yaml")
+    objective = Objective(space, deadline=time.monotonic() + 100, budget_s=1000)
+    objective.capped, objective.folds, objective._study = True, 3, optuna.create_study(direction="maximize")
+    objective.curve = [{"epoch": 0, "seconds": 30.0}, {"epoch": 1, "seconds": 30.0}]
+    assert objective.cannot_finish().startswith("cannot finish in the time left: about 120 s of folds to go, ")
+    with pytest.raises(plan_objective.CannotFinish, match="stopped: cannot finish in the time left"):
+        plan_objective.CapShare(objective).on_epoch_end(1, {"val_accuracy": 0.5})
+    objective.curve = objective.curve[:1]
+    assert objective.cannot_finish() is None
+    objective.fold_seconds, objective.fold_started = [40.0], time.monotonic() - 40
+    assert objective.cannot_finish(between_folds=True) is None  # 80 s to go
+    objective.fold_seconds = [60.0]
+    assert "about 120 s of folds to go" in objective.cannot_finish(between_folds=True)
+    objective.fold_started = time.monotonic() - 50  # 50 s into fold 2: 70 s to go
+    assert objective.cannot_finish() is None
+    objective.fold_seconds, objective.capped = [60.0], False  # a screening trial, a Pareto study, no budget
+    assert objective.cannot_finish(between_folds=True) is None
+    objective.capped, objective.folds = True, 1  # one split: nothing to project
+    assert objective.cannot_finish(between_folds=True) is None
+    # between folds, as the fold race asks it: fold 1 took 60 s, two more cannot end in 100 s
+    objective.folds, objective.fold_seconds, objective.fold_started = 3, [], time.monotonic() - 60
+    objective.trial_started = time.monotonic()
+    trial = objective._study.ask()
+    with pytest.raises(plan_objective.CannotFinish):
+        objective._race(trial, 0, 3, [0.5])
+    assert plan.stop_reason("stopped: cannot finish in the time left: about 120 s of folds to go, 100 s left after "
+                            "fold 1 of 3") == "stopped by the cost model: its folds to go could not end in time"
+
+
 def test_the_fold_race_stops_a_trial_that_trails_the_incumbent():
     """The median of the completed trials (0.5) would let a trial at 0.80 after 2 folds run on; the incumbent
     (0.90, fold std 0.01) stops it: 0.80 < 0.90 - 2 * 0.01 / sqrt(2). A trial within that margin races on."""

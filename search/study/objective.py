@@ -69,11 +69,12 @@ class Objective:
         # the best trials' fold models, for delivery (search/deliver/ensemble.py); a Pareto study's choice is the user's
         self.keeper = Keeper(space.study.name) if plan.delivers(space) else None
         self.capped, self.running_mean, self._study = False, None, None  # per trial: see __call__ and over_share
+        self.folds, self.curve, self.fold_started, self.fold_seconds = 1, [], 0.0, []  # per trial: cannot_finish
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         self.trial_started = time.monotonic()
         self.running_mean, self.fold = None, 0  # the folds' mean so far (the cost cap asks whether it leads)
-        self._study = trial.study
+        self._study, self.fold_started, self.fold_seconds = trial.study, self.trial_started, []
         cfg = sample(trial, self.space)
         write(trial, config=cfg.to_dict())
         if TrialRecord.of(trial).stage is None:
@@ -93,6 +94,7 @@ class Objective:
         data = search_data_for(cfg)
         folds = study_folds(trial.study)
         curve: list[dict] = []
+        self.folds, self.curve = folds, curve
         seconds_by_phase: dict = {}  # where the trial's time went (search.training.train.PHASES)
         result = None
         # a screening trial is never pruned: it costs seconds, and its folds' heads and out-of-fold predictions
@@ -146,7 +148,7 @@ class Objective:
         except FoldPruned as exc:
             write(trial, ended=f"pruned {exc}")
             raise
-        except (OverShare, DeadlineReached) as exc:
+        except (OverShare, CannotFinish, DeadlineReached) as exc:
             where = f" of fold {self.fold + 1} of {folds}" if folds > 1 else ""
             write(trial, ended=f"{exc} after epoch {exc.epoch + 1}{where}" if exc.epoch is not None
                                 else f"{exc} after fold {self.fold + 1} of {folds}")
@@ -216,7 +218,7 @@ class Objective:
     def _fold_callbacks(self, fold: int, first: list, cfg: TrialConfig) -> list:
         """Fold 1: the trial's callbacks (per-epoch pruning). Folds 2..K: no per-epoch report (those steps
         belong to fold 1); a Pareto study's floor still applies per epoch."""
-        self.fold = fold
+        self.fold, self.fold_started = fold, time.monotonic()
         if fold == 0:
             return first
         floor = self._pruning(None, cfg) if self.space.study.cost is not None else None
@@ -237,10 +239,32 @@ class Objective:
         best = _best_value(self._study)
         return best is not None and not any(v >= best for v in evidence)
 
+    def cannot_finish(self, between_folds: bool = False) -> str | None:
+        """Why the trial's folds to go cannot end before the deadline, or None. In fold 1 a later fold is taken to
+        last as long as fold 1's epochs so far (a bound from below: fold 1 is not over, its features are not
+        counted); later, as long as the folds done did on average. On tf_flowers a full fine-tune at 224 px started
+        15 min before the end (its kind never measured, so the cost model could not refuse it) and was cut there in
+        fold 2 of 3, 37 % of the search spent on a trial that could not complete."""
+        if not self.capped or self.deadline is None or self.folds < 2:
+            return None
+        now = time.monotonic()
+        if self.fold_seconds:  # after fold 1: the folds not done yet, at the folds done's pace
+            per_fold = sum(self.fold_seconds) / len(self.fold_seconds)
+            to_go = per_fold * (self.folds - len(self.fold_seconds))
+            if not between_folds:  # inside a fold: the part of it still to go
+                to_go -= min(per_fold, now - self.fold_started)
+        else:
+            to_go = sum(record.get("seconds", 0.0) for record in self.curve) * (self.folds - 1)
+        left = self.deadline - now
+        if to_go > left:
+            return f"cannot finish in the time left: about {to_go:.0f} s of folds to go, {left:.0f} s left"
+        return None
+
     def _race(self, trial: optuna.Trial, fold: int, folds: int, values: list[float]) -> None:
         """After fold `fold`: record the folds so far (a pruned trial keeps them) and report their mean."""
         mean = sum(values) / len(values)
         self.running_mean = mean
+        self.fold_seconds.append(time.monotonic() - self.fold_started)
         write(trial, cv_fold_values=[round(v, 5) for v in values])
         if fold == folds - 1:
             return  # the last fold: the value itself follows
@@ -248,6 +272,9 @@ class Objective:
             raise DeadlineReached(None)
         if self.over_share(None):
             raise OverShare(None)
+        why = self.cannot_finish(between_folds=True)
+        if why:
+            raise CannotFinish(why, None)
         if self.space.study.cost is not None:
             return  # multi-objective: Optuna cannot prune
         step = self.fold_step0 + fold
@@ -379,8 +406,17 @@ class OverShare(optuna.TrialPruned):
         self.epoch = epoch
 
 
+class CannotFinish(optuna.TrialPruned):
+    """The trial's folds to go cannot end before the deadline (Objective.cannot_finish; `epoch`: where)."""
+
+    def __init__(self, why: str, epoch: int | None):
+        super().__init__(f"stopped: {why}")
+        self.epoch = epoch
+
+
 class CapShare(keras.callbacks.Callback):
-    """Ends a trial at the first epoch end where Objective.over_share says it has had its share of the budget."""
+    """Ends a trial at the first epoch end where Objective.over_share says it has had its share of the budget, or
+    Objective.cannot_finish says its folds to go cannot end before the deadline."""
 
     def __init__(self, objective: Objective):
         super().__init__()
@@ -389,6 +425,9 @@ class CapShare(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.objective.over_share((logs or {}).get("val_accuracy")):
             raise OverShare(epoch)
+        why = self.objective.cannot_finish()
+        if why:
+            raise CannotFinish(why, epoch)
 
 
 class StopAtDeadline(keras.callbacks.Callback):

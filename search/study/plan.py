@@ -271,6 +271,7 @@ STOPS = (("not started: the screen took", "not started: the screen had used its 
          ("below the incumbent", "stopped by the fold race: behind the incumbent"),
          ("stopped at the study's deadline", "stopped at the budget's end"),
          ("over its share of the budget", "stopped by the cost cap: over a third of the budget, not leading"),
+         ("cannot finish in the time left", "stopped by the cost model: its folds to go could not end in time"),
          ("pruned after fold", "stopped by the fold race: below the median of completed trials"),
          ("pruned", "pruned in fold 1 by the pruner (per fine-tuning epoch)"),
          ("failed", "failed"), ("interrupted", "interrupted (Ctrl-C / SIGTERM)"))
