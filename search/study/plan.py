@@ -297,7 +297,7 @@ def note_section(study: optuna.Study, space: Space, delivers: bool) -> str:
              "(LP-FT) when there is one; the fold race stops a trial whose running mean trails the incumbent by more "
              "than two standard errors; a trial like ones that took longer than the time left, or over a third of "
              "the budget, is not started; a running trial that has had a third of the budget without leading is "
-             "stopped.",
+             "stopped, and so is a cross-validated one whose folds to go cannot end before the budget's end.",
              f"4. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "
              "delivered model from the best "
              "trials' kept fold models (their fold ensemble or a greedy ensemble, by out-of-fold accuracy), tested "
