@@ -244,7 +244,7 @@ class Objective:
         last as long as fold 1's epochs so far (a bound from below: fold 1 is not over, its features are not
         counted); later, as long as the folds done did on average. On tf_flowers a full fine-tune at 224 px started
         15 min before the end (its kind never measured, so the cost model could not refuse it) and was cut there in
-        fold 2 of 3, 37 % of the search spent on a trial that could not complete."""
+        fold 2 of 3, 38 % of the search spent on a trial that could not complete."""
         if not self.capped or self.deadline is None or self.folds < 2:
             return None
         now = time.monotonic()
