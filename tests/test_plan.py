@@ -350,12 +350,17 @@ def test_a_trial_whose_folds_cannot_end_before_the_deadline_stops():
     assert objective.cannot_finish(between_folds=True) is None
     objective.capped, objective.folds = True, 1  # one split: nothing to project
     assert objective.cannot_finish(between_folds=True) is None
-    # between folds, as the fold race asks it: fold 1 took 60 s, two more cannot end in 100 s
-    objective.folds, objective.fold_seconds, objective.fold_started = 3, [], time.monotonic() - 60
-    objective.trial_started = time.monotonic()
-    trial = objective._study.ask()
+    # between folds, as the fold race asks it: fold 1's epochs took 60 s, two more cannot end in 100 s; fold 1 is
+    # judged by its epochs, not its wall time (which includes the features of every fold): 90 s of wall with 40 s
+    # of epochs leaves 80 s to go, which fits
+    objective.folds, objective.trial_started = 3, time.monotonic()
+    objective.fold_seconds, objective.fold_started = [], time.monotonic() - 90
+    objective.curve = [{"epoch": 0, "seconds": 40.0}]
+    objective._race(objective._study.ask(), 0, 3, [0.5])
+    assert objective.fold_seconds == [40.0]
+    objective.fold_seconds, objective.curve = [], [{"epoch": 0, "seconds": 60.0}]
     with pytest.raises(plan_objective.CannotFinish):
-        objective._race(trial, 0, 3, [0.5])
+        objective._race(objective._study.ask(), 0, 3, [0.5])
     assert plan.stop_reason("stopped: cannot finish in the time left: about 120 s of folds to go, 100 s left after "
                             "fold 1 of 3") == "stopped by the cost model: its folds to go could not end in time"
 
