@@ -153,6 +153,7 @@ def test_a_trial_is_the_mean_of_its_folds_with_their_spread(raced):
     assert good.value == pytest.approx(np.mean(a["cv_fold_values"]), abs=1e-5)
     assert a["cv_std"] == pytest.approx(np.std(a["cv_fold_values"], ddof=1), abs=1e-5)
     assert all(1 <= e <= 2 for e in a["cv_best_epochs"]) and a["refit_epochs"] == refit_epochs(a["cv_best_epochs"])
+    assert a["val_images"] == len(load_pool("builtin:shapes", 32, SPLIT, 0).labels) // 3  # the race's margin
     note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), good._trial_id)["body"]
     assert f"{a['cv_mean']:.4f} ± {a['cv_std']:.4f} over 3 folds" in note  # the dashboard's note of the trial
     # fold 1's epochs at steps 2, 3 (fine-tuning), then the running mean after folds 1 and 2 at 4, 5
@@ -292,6 +293,31 @@ def test_the_fold_race_never_stops_the_trial_that_leads():
     trailing = study.ask()
     with pytest.raises(FoldPruned, match="after fold 1 of 3: mean val_accuracy 0.8900"):
         objective._race(trailing, 0, 3, [0.89])
+
+
+def test_with_the_incumbent_pruner_the_fold_race_is_the_incumbent_margin_alone():
+    """After fold 1 the completed trials' means stood at 0.95; the incumbent ended at 0.90 with a fold spread of
+    0.02. A trial at 0.88 is below the median there but within two standard errors of the incumbent: with the
+    median pruner it stops, with the incumbent race it races on; at 0.85 it stops with either."""
+    from search.study.objective import FoldPruned, Objective
+
+    def study_and_objective(pruner):
+        space = parse_space({"study": {"pruner": pruner}, "params": {"warmup_epochs": 2, "finetune_epochs": 2}},
+                            "s.yaml")
+        objective = Objective(space)
+        study = optuna.create_study(direction="maximize")
+        for value in (0.90, 0.89):
+            study.add_trial(optuna.trial.create_trial(value=value, intermediate_values={objective.fold_step0: 0.95},
+                                                      user_attrs={"cv_std": 0.02}))
+        return study, objective
+
+    study, median = study_and_objective({"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0})
+    with pytest.raises(FoldPruned, match="mean val_accuracy 0.8800 so far$"):
+        median._race(study.ask(), 0, 3, [0.88])
+    study, incumbent = study_and_objective({"type": "incumbent"})
+    incumbent._race(study.ask(), 0, 3, [0.88])
+    with pytest.raises(FoldPruned, match="below the incumbent's 0.9000"):
+        incumbent._race(study.ask(), 0, 3, [0.85])
 
 
 def test_a_trial_whose_other_folds_cost_next_to_nothing_is_not_raced(monkeypatch):

@@ -148,6 +148,12 @@ def _parse_study(data: Any, fail) -> StudySettings:
     if pruner["type"] == "threshold" and not 0 <= pruner.get("lower", -1) <= 1:
         fail("study.pruner.lower", "threshold needs lower: the validation accuracy (0 to 1) below which a trial "
                                    "is pruned")
+    if pruner["type"] == "incumbent":
+        for option, least in (("min_resource", 1), ("reduction_factor", 2)):
+            if pruner.get(option, least) < least:
+                fail(f"study.pruner.{option}", f"must be at least {least}")
+        if pruner.get("z", 2.0) <= 0:
+            fail("study.pruner.z", "must be positive (standard errors of the margin)")
     validation = _parse_validation(data.get("validation"), fail)
     settings = {k: v for k, v in data.items() if v is not None}
     if data.get("warm_start") is not None:

@@ -46,6 +46,7 @@ PRUNERS = {
     "median": {"n_startup_trials": int, "n_warmup_steps": int, "per_kind": bool},  # per_kind: study/pruning.py
     "successive_halving": {"min_resource": int, "reduction_factor": int, "per_kind": bool},
     "hyperband": {"min_resource": int, "reduction_factor": int},
+    "incumbent": {"min_resource": int, "reduction_factor": int, "z": (int, float)},  # study/pruning.IncumbentRace
     "threshold": {"lower": (int, float), "n_warmup_steps": int},  # Optuna's ThresholdPruner, see MULTI_PRUNERS
     "none": {},
 }

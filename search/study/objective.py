@@ -33,7 +33,7 @@ from search.space import Space, sample
 from search.study import plan
 from search.study.heads import HeadStore
 from search.study.members import Keeper
-from search.study.pruning import trial_kind
+from search.study.pruning import first_fold_step, trial_kind
 from search.study.record import TrialRecord, write
 from search.training.crossval import CVResult, cross_validate
 from search.training.train import TrainResult, train
@@ -59,9 +59,7 @@ class Objective:
         self.reporters = list(reporters)
         self.deadline, self.budget_s = deadline, budget_s
         self.trial_started = time.monotonic()
-        # the first fold-level step: past every epoch step any trial of this space (or its queue) can report
-        most = lambda name: max([*space.values(name), *(e[name] for e in space.enqueue if name in e)])  # noqa: E731
-        self.fold_step0 = most("warmup_epochs") + most("finetune_epochs")
+        self.fold_step0 = first_fold_step(space)  # the first fold-level step: past every epoch step
         self.fold = 0  # the fold being trained (cross-validated trials), for the `ended` message
         self.interrupted: int | None = None  # the number of the trial a Ctrl-C or SIGTERM stopped
         self.heads = HeadStore(space.study.name)
@@ -93,6 +91,9 @@ class Objective:
             raise optuna.TrialPruned(f"not started: {why}")
         data = search_data_for(cfg)
         folds = study_folds(trial.study)
+        # the images fold 1 (or the single split) validates on: the incumbent race's margin (study/pruning.py)
+        write(trial, val_images=len(data.val.labels) if folds == 1
+              else (len(data.train.labels) + len(data.val.labels)) // folds)
         curve: list[dict] = []
         self.folds, self.curve = folds, curve
         seconds_by_phase: dict = {}  # where the trial's time went (search.training.train.PHASES)
@@ -255,11 +256,15 @@ class Objective:
             if not between_folds:  # inside a fold: the part of it still to go
                 to_go -= min(per_fold, now - self.fold_started)
         else:
-            to_go = sum(record.get("seconds", 0.0) for record in self.curve) * (self.folds - 1)
+            to_go = self._fold_1_epoch_seconds() * (self.folds - 1)
         left = self.deadline - now
         if to_go > left:
             return f"cannot finish in the time left: about {to_go:.0f} s of folds to go, {left:.0f} s left"
         return None
+
+    def _fold_1_epoch_seconds(self) -> float:
+        """Fold 1's epochs so far, in seconds: a later fold's pace (its wall time also holds one-off costs)."""
+        return sum(record.get("seconds", 0.0) for record in self.curve)
 
     def _race(self, trial: optuna.Trial, fold: int, folds: int, values: list[float]) -> None:
         """After fold `fold`: record the folds so far (a pruned trial keeps them) and report their mean."""
@@ -267,7 +272,7 @@ class Objective:
         self.running_mean = mean
         spent = time.monotonic() - self.fold_started
         if fold == 0:  # fold 1 also paid the trial's one-off costs (the frozen part's outputs for every fold, traces)
-            spent = sum(record.get("seconds", 0.0) for record in self.curve) or spent
+            spent = self._fold_1_epoch_seconds() or spent
         self.fold_seconds.append(spent)
         write(trial, cv_fold_values=[round(v, 5) for v in values])
         if fold == folds - 1:
@@ -332,6 +337,8 @@ class Objective:
         the mean after this fold with the completed trials' (of its kind, with per_kind) means after the same
         fold. Other pruners decide as they do for epochs."""
         pruner = self.space.study.pruner
+        if pruner["type"] == "incumbent":
+            return False  # its fold-level rule is _trails_incumbent's; its epoch rungs are fold 1's only
         if pruner["type"] != "median":
             return trial.should_prune()
         if step < pruner.get("n_warmup_steps", 0):

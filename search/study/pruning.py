@@ -15,6 +15,7 @@ trial sooner (one 600 s run each: best 0.8529 with it, 0.8583 without; README, "
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import optuna
@@ -47,3 +48,66 @@ class SameKindView:
 
     def __getattr__(self, name):
         return getattr(self._study, name)
+
+
+def first_fold_step(space) -> int:
+    """The first step a cross-validated trial reports a running fold mean at: past every epoch step any trial of
+    the space (or its queue) can report, so that steps only grow (search/study/objective.py)."""
+    most = lambda name: max([*space.values(name), *(e[name] for e in space.enqueue if name in e)])  # noqa: E731
+    return most("warmup_epochs") + most("finetune_epochs")
+
+
+class IncumbentRace(optuna.pruners.BasePruner):
+    """Successive halving's rungs with the incumbent as the bar (`study.pruner: {type: incumbent}`).
+
+    A trial is judged at its min_resource-th, (min_resource * reduction_factor)-th, ... reported fine-tuning epoch
+    (the epochs it actually reported, whatever warm-up came before) and stopped there when its best validation
+    accuracy so far is below the incumbent's by more than z binomial standard errors of a validation set of its
+    size. The incumbent is the best completed trial; its value at the same step is its own best reported epoch up
+    to there, or, where it reported none (a screening trial), its fold-1 value: the same validation images.
+
+    Why not the median: once a few strong trials complete, the median of a reference set of one or two is the
+    incumbent without a margin. On bench-peer (tf_flowers, 367 validation images) 42 of 45 sampled trials were
+    stopped at their second fine-tuning epoch, among them an 80-layer fine-tune climbing 0.807 -> 0.858 against a
+    median of 0.8625: a 1.3-point gap is 0.7 standard error there. Why rungs: judging every epoch tests the
+    same noisy gap again and again; a geometric schedule judges a trial more often early, when it is cheap.
+    """
+
+    def __init__(self, fold_step0: int, min_resource: int = 2, reduction_factor: int = 2, z: float = 2.0):
+        self.fold_step0, self.min_resource, self.reduction_factor, self.z = \
+            fold_step0, min_resource, reduction_factor, z
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        epochs = {step: value for step, value in trial.intermediate_values.items() if step < self.fold_step0}
+        if not epochs or not self.at_rung(len(epochs)):
+            return False
+        completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                     if t.value is not None]
+        if not completed:
+            return False
+        incumbent = max(completed, key=lambda t: t.value)
+        mine = max(epochs.values())
+        if mine >= incumbent.value:
+            return False  # no race stops a trial that leads
+        bar = self.bar(incumbent, max(epochs))
+        return mine < bar - self.margin(bar, trial.user_attrs.get("val_images"))
+
+    def at_rung(self, reported: int) -> bool:
+        rung = self.min_resource
+        while rung < reported:
+            rung *= self.reduction_factor
+        return rung == reported
+
+    def bar(self, incumbent: optuna.trial.FrozenTrial, step: int) -> float:
+        """The incumbent's best epoch up to `step` (fold 1), else its fold-1 value, else its value."""
+        before = [v for s, v in incumbent.intermediate_values.items() if s <= step and s < self.fold_step0]
+        if before:
+            return max(before)
+        folds = incumbent.user_attrs.get("cv_fold_values")
+        return folds[0] if folds else incumbent.value
+
+    def margin(self, accuracy: float, images: int | None) -> float:
+        """z standard errors of an accuracy measured on `images` images, at least one image (unknown: one point)."""
+        if not images:
+            return 0.01
+        return max(self.z * math.sqrt(accuracy * (1 - accuracy) / images), 1 / images)

@@ -37,6 +37,7 @@ class TrialRecord:
     cv_std: float | None = None
     cv_best_epochs: list | None = None
     refit_epochs: int | None = None
+    val_images: int | None = None  # images fold 1 (or the single split) validates on: study/pruning.IncumbentRace
     # costs of a Pareto study (search/models/cost.py's names) and the architecture a latency belongs to
     architecture: str | None = None
     latency_ms: float | None = None

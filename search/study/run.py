@@ -20,7 +20,7 @@ from search.study import plan, prerank, warm_start
 from search.study.artifacts import ArtifactReporter, artifact_dir, save_study_note
 from search.study.objective import Objective, StopAfterFailures
 from search.study.pareto import accuracy, cost, cost_name, format_cost, front, is_multi
-from search.study.pruning import SameKindPruner, trial_kind
+from search.study.pruning import IncumbentRace, SameKindPruner, first_fold_step, trial_kind
 from search.study.record import SPACE_ATTR, TrialRecord
 from search.study.storage import Heartbeat, requeue_interrupted, sqlite_timeout
 from search.study.storage import open_storage as _storage  # noqa: F401 (its old name here; tests use it)
@@ -63,6 +63,8 @@ def _optuna_pruner(space: Space, kind: str, options: dict) -> optuna.pruners.Bas
     if kind == "hyperband":  # its brackets rebuild the study from storage: no view of it can filter trials
         epochs = [w + f for w in space.values("warmup_epochs") for f in space.values("finetune_epochs")]
         return optuna.pruners.HyperbandPruner(max_resource=max(epochs), **options)
+    if kind == "incumbent":
+        return IncumbentRace(first_fold_step(space), **options)
     if kind == "threshold" and not space.study.cost:  # multi-objective: search.study.objective.AccuracyFloor instead
         return optuna.pruners.ThresholdPruner(**options)
     return optuna.pruners.NopPruner()
