@@ -134,6 +134,10 @@ def test_the_note_says_why_trials_stopped():
     assert "| stopped by the fold race: below the median of completed trials | 1 |" in note
     assert "| pruned in fold 1 by the pruner (per fine-tuning epoch) | 2 |" in note
     assert "4. **Deliver**: 10% of a budget is kept" in note
+    assert "its fine-tuning epochs are judged by the `median` pruner" in note  # the space's per-epoch rule
+    incumbent = parse_space({"study": {"pruner": {"type": "incumbent", "z": 1.5}}}, "s.yaml")
+    assert ("judged at its fine-tuning epochs 2, 4, 8, ... and stopped when below the incumbent's same epoch by "
+            "more than 1.5 standard errors") in plan.note_section(study, incumbent, delivers=True)
 
 
 @pytest.mark.slow

@@ -57,6 +57,20 @@ def first_fold_step(space) -> int:
     return most("warmup_epochs") + most("finetune_epochs")
 
 
+INCUMBENT_DEFAULTS = {"min_resource": 2, "reduction_factor": 2, "z": 2.0}  # study.pruner: {type: incumbent}
+
+
+def epoch_rule(pruner: dict) -> str:
+    """The space's per-epoch pruning inside fold 1, in words (the dashboard note's plan)."""
+    if pruner["type"] != "incumbent":
+        return f"inside fold 1 its fine-tuning epochs are judged by the `{pruner['type']}` pruner"
+    options = {**INCUMBENT_DEFAULTS, **pruner}
+    first, factor = options["min_resource"], options["reduction_factor"]
+    return (f"inside fold 1 a trial is judged at its fine-tuning epochs {first}, {first * factor}, "
+            f"{first * factor ** 2}, ... and stopped when below the incumbent's same epoch by more than "
+            f"{options['z']:g} standard errors of an accuracy on its validation images")
+
+
 class IncumbentRace(optuna.pruners.BasePruner):
     """Successive halving's rungs with the incumbent as the bar (`study.pruner: {type: incumbent}`).
 
@@ -73,9 +87,10 @@ class IncumbentRace(optuna.pruners.BasePruner):
     same noisy gap again and again; a geometric schedule judges a trial more often early, when it is cheap.
     """
 
-    def __init__(self, fold_step0: int, min_resource: int = 2, reduction_factor: int = 2, z: float = 2.0):
+    def __init__(self, fold_step0: int, **options):
+        options = {**INCUMBENT_DEFAULTS, **options}
         self.fold_step0, self.min_resource, self.reduction_factor, self.z = \
-            fold_step0, min_resource, reduction_factor, z
+            fold_step0, options["min_resource"], options["reduction_factor"], options["z"]
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         epochs = {step: value for step, value in trial.intermediate_values.items() if step < self.fold_step0}
