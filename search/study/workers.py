@@ -82,7 +82,7 @@ def work(study: optuna.Study, objective, heartbeat: Heartbeat, timeout: float | 
             if left is not None and left <= 0:
                 return
             try:
-                study.optimize(labelled, timeout=left, catch=catch, callbacks=list(callbacks), gc_after_trial=True)
+                study.optimize(labelled, timeout=left, catch=catch, callbacks=list(callbacks))  # the objective collects
                 return  # timeout, or a callback stopped the study
             except QueueEmpty:
                 pass
