@@ -233,6 +233,30 @@ def test_a_trial_the_cost_model_cannot_fit_is_not_started(tmp_path):
     assert plan.refusal(study, dear, {}, left_s=10, budget_s=None) is None  # a count-bound run starts every trial
 
 
+def test_a_kind_only_stopped_so_far_is_estimated_by_its_fine_tuning_epochs_pace():
+    """No full fine-tune completed; two were pruned after fine-tuning epochs of 40 s (median; the first one's
+    first epoch also traced the step). 12 epochs x 3 folds at that pace is 1,440 s: over a third of a 2,700 s
+    budget, refused; against 6,000 s it starts. A completed like trial's wall time, when there is one, wins."""
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("cv_folds", 3)
+    dear = {"backbone": "tiny_cnn", "image_size": 32, "freeze": "full"}
+    distributions = {k: optuna.distributions.CategoricalDistribution(CHOICES[k]) for k in dear}
+    for curve in ([{"phase": 1, "seconds": 2.0}, {"phase": 2, "seconds": 55.0}, {"phase": 2, "seconds": 40.0},
+                   {"phase": 2, "seconds": 39.0}], [{"phase": 2, "seconds": 40.0}]):
+        study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, params=dear,
+                                                  distributions=distributions, user_attrs={"curve": curve}))
+    fixed = {"finetune_epochs": 12}
+    seconds, how = plan.estimated_seconds(study, dear, fixed)
+    assert seconds == 40.0 * 12 * 3 and how == "2 like it ran 40 s a fine-tuning epoch: up to 1440 s for 12 epochs x 3 fold(s)"
+    assert plan.refusal(study, dear, fixed, left_s=2000, budget_s=2700) == f"{how}, over a third of the budget (2700 s)"
+    assert plan.refusal(study, dear, fixed, left_s=1000, budget_s=6000) == f"{how}, 1000 s of the budget left"
+    assert plan.refusal(study, dear, fixed, left_s=2000, budget_s=6000) is None
+    assert plan.refusal(study, {**dear, "finetune_epochs": 6}, fixed, left_s=2000, budget_s=2700) is None  # 720 s
+    assert plan.estimated_seconds(study, {**dear, "freeze": "frozen"}, fixed) is None  # no like trial at all
+    _completed(study, dear, seconds=300)
+    assert plan.estimated_seconds(study, dear, fixed) == (300.0, "1 like it took 300 s on average")
+
+
 def test_a_short_budget_screens_the_largest_sizes_and_leaves_the_smallest_out():
     """The screen's trials took 90 s: within 30 % of a 400 s budget the next screen starts, of a 300 s budget it does
     not (and the focus stage is queued from what was screened); a count-bound study screens everything."""

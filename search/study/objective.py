@@ -63,7 +63,8 @@ class Objective:
         self.fold = 0  # the fold being trained (cross-validated trials), for the `ended` message
         self.interrupted: int | None = None  # the number of the trial a Ctrl-C or SIGTERM stopped
         self.heads = HeadStore(space.study.name)
-        self._fixed = {name: space.fixed(name) for name in ("backbone", "image_size", "freeze", "augment", "mix")}
+        self._fixed = {name: space.fixed(name)  # what plan.cost_kind and plan.estimated_seconds read
+                       for name in ("backbone", "image_size", "freeze", "augment", "mix", "finetune_epochs")}
         # the best trials' fold models, for delivery (search/deliver/ensemble.py); a Pareto study's choice is the user's
         self.keeper = Keeper(space.study.name) if plan.delivers(space) else None
         self.capped, self.running_mean, self._study = False, None, None  # per trial: see __call__ and over_share
