@@ -245,9 +245,9 @@ class Objective:
         """Why the trial's folds to go cannot end before the deadline, or None. In fold 1 a later fold is taken to
         last as long as fold 1's epochs so far (a bound from below: fold 1 is not over, its features are not
         counted); later, as long as the folds done did on average (fold 1 by its epochs only: on the proxy its wall
-        time, a features pass for every fold included, once stopped a focus trial that then fit). On tf_flowers a full fine-tune at 224 px started
-        15 min before the end (its kind never measured, so the cost model could not refuse it) and was cut there in
-        fold 2 of 3, 38 % of the search spent on a trial that could not complete."""
+        time, a features pass for every fold included, once stopped a focus trial that then fit). On tf_flowers a
+        full fine-tune at 224 px started 15 min before the end (its kind never measured, so the cost model could not
+        refuse it) and was cut there in fold 2 of 3, 38 % of the search spent on a trial that could not complete."""
         if not self.capped or self.deadline is None or self.folds < 2:
             return None
         now = time.monotonic()

@@ -321,8 +321,8 @@ def note_section(study: optuna.Study, space: Space, delivers: bool) -> str:
              "2. **Focus**: when the screen is done, the portfolio's first fine-tuning configs on the best screened "
              "backbone x size pairs, then the space's queued trials." if screens else "2. **Focus**: none (no screen).",
              "3. **Search**: the sampler's trials. A fine-tuning trial starts from its backbone x size's screened head "
-             f"(LP-FT) when there is one; {epoch_rule(space.study.pruner)}; the fold race stops a trial whose running mean trails the incumbent by more "
-             "than two standard errors; a trial like ones that took longer than the time left, or over a third of "
+             f"(LP-FT) when there is one; {epoch_rule(space.study.pruner)}; the fold race stops a trial whose "
+             "running mean trails the incumbent by more than two standard errors; a trial like ones that took longer than the time left, or over a third of "
              "the budget, is not started; a running trial that has had a third of the budget without leading is "
              "stopped, and so is a cross-validated one whose folds to go cannot end before the budget's end.",
              f"4. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "

@@ -21,6 +21,7 @@ from typing import Callable
 import optuna
 
 from search.models.freezing import get_strategy
+from search.study.record import TrialRecord
 
 
 def trial_kind(params: dict, fixed_freeze: str) -> bool:
@@ -105,7 +106,7 @@ class IncumbentRace(optuna.pruners.BasePruner):
         if mine >= incumbent.value:
             return False  # no race stops a trial that leads
         bar = self.bar(incumbent, max(epochs))
-        return mine < bar - self.margin(bar, trial.user_attrs.get("val_images"))
+        return mine < bar - self.margin(bar, TrialRecord.of(trial).val_images)
 
     def at_rung(self, reported: int) -> bool:
         rung = self.min_resource
@@ -118,7 +119,7 @@ class IncumbentRace(optuna.pruners.BasePruner):
         before = [v for s, v in incumbent.intermediate_values.items() if s <= step and s < self.fold_step0]
         if before:
             return max(before)
-        folds = incumbent.user_attrs.get("cv_fold_values")
+        folds = TrialRecord.of(incumbent).cv_fold_values
         return folds[0] if folds else incumbent.value
 
     def margin(self, accuracy: float, images: int | None) -> float:
