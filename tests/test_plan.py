@@ -3,6 +3,7 @@ refuses a trial it cannot fit, the race against the incumbent, the kept fold mod
 the whole command's budget."""
 
 import datetime
+import gc
 import json
 import subprocess
 import sys
@@ -84,13 +85,18 @@ def staged(tmp_path_factory):
     space = staged_space(tmp_path_factory.mktemp("staged"), "staged", n_trials=4, text=RUN_SPACE)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        study = run_study(space, reporters=())
+        study = run_study(space, reporters=[lambda trial, *rest: FROZEN_DURING_TRIALS.append(gc.get_freeze_count())])
     return study, out.getvalue()
+
+
+FROZEN_DURING_TRIALS: list[int] = []  # gc.get_freeze_count() as each of the staged study's trials ended
 
 
 @pytest.mark.slow
 def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
     study, out = staged
+    # the objects alive before the first trial are frozen while the study runs (a trial's collection skips them)
+    assert len(FROZEN_DURING_TRIALS) == 4 and min(FROZEN_DURING_TRIALS) > 10_000 and gc.get_freeze_count() == 0
     first = study.trials[:2]
     assert [t.user_attrs["stage"] for t in first] == ["screen"] * 2
     assert [t.params["image_size"] for t in first] == [48, 32] and all(t.params["freeze"] == "frozen" for t in first)
