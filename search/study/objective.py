@@ -12,7 +12,6 @@ between folds, and stops there, pruned at its last reported step (ended: "stoppe
 
 from __future__ import annotations
 
-import gc
 import time
 import traceback
 
@@ -189,8 +188,7 @@ class Objective:
                     reporter(trial, cfg, curve, result, data.class_names)
                 except Exception as exc:  # an artifact that cannot be written must not lose the trial
                     write(trial, reporter_error=f"{type(exc).__name__}: {exc}"[:300])
-            keras.backend.clear_session()  # without these two, memory grows trial after trial
-            gc.collect()
+            keras.backend.clear_session()  # without it memory grows trial after trial (it collects garbage too)
 
     def _screened_head(self, trial: optuna.Trial, cfg: TrialConfig, folds: int):
         """fold -> the screened head a fine-tuning trial starts from (LP-FT), or -> None (a fresh warm-up)."""
