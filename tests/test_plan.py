@@ -77,12 +77,13 @@ def test_screening_trials_cover_every_backbone_and_size_with_the_seeds_frozen_re
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
-    """One real staged study of 4 trials (two screening trials, then the first two of the focus stage: the
-    portfolio's first top-blocks fine-tune on each screened size; the rest of the queue waits), its output lines."""
+    """One real staged study of 4 + HEAD_TRIALS trials (two screening trials, the head search, then the first two of
+    the focus stage: the portfolio's first top-blocks fine-tune on each screened size; the rest of the queue
+    waits), its output lines."""
     import contextlib
     import io
 
-    space = staged_space(tmp_path_factory.mktemp("staged"), "staged", n_trials=4, text=RUN_SPACE)
+    space = staged_space(tmp_path_factory.mktemp("staged"), "staged", n_trials=4 + plan.HEAD_TRIALS, text=RUN_SPACE)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         study = run_study(space, reporters=[lambda trial, *rest: FROZEN_DURING_TRIALS.append(gc.get_freeze_count())])
@@ -96,13 +97,20 @@ FROZEN_DURING_TRIALS: list[int] = []  # gc.get_freeze_count() as each of the sta
 def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
     study, out = staged
     # the objects alive before the first trial are frozen while the study runs (a trial's collection skips them)
-    assert len(FROZEN_DURING_TRIALS) == 4 and min(FROZEN_DURING_TRIALS) > 10_000 and gc.get_freeze_count() == 0
+    assert len(FROZEN_DURING_TRIALS) == 4 + plan.HEAD_TRIALS and min(FROZEN_DURING_TRIALS) > 10_000
+    assert gc.get_freeze_count() == 0
     first = study.trials[:2]
     assert [t.user_attrs["stage"] for t in first] == ["screen"] * 2
     assert [t.params["image_size"] for t in first] == [48, 32] and all(t.params["freeze"] == "frozen" for t in first)
+    # then the head search, on the better screened size, trained: head-only trials of their own knobs
+    heads = study.trials[2:2 + plan.HEAD_TRIALS]
+    best_size = max(first, key=lambda t: (t.value, -t.number)).params["image_size"]
+    assert [t.user_attrs["stage"] for t in heads] == ["head"] * plan.HEAD_TRIALS
+    assert all(t.params["freeze"] == "frozen" and t.params["image_size"] == best_size and t.user_attrs["curve"]
+               for t in heads)
     # the focus: spaces/portfolio.yaml's entry 1 as this space takes it (top 6 blocks clipped to 2, learning rate
     # 3.7e-4, dropout 0.22; adamw is not a choice here) on each screened size, the better screened first
-    focus = study.trials[2:4]
+    focus = study.trials[2 + plan.HEAD_TRIALS:4 + plan.HEAD_TRIALS]
     assert [t.user_attrs["stage"] for t in focus] == ["focus"] * 2
     ranked = sorted(first, key=lambda t: (-t.value, t.number))
     assert [t.params["image_size"] for t in focus] == [t.params["image_size"] for t in ranked]
@@ -115,12 +123,14 @@ def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
     assert [(w["stage"], w["freeze"], w["learning_rate"]) for w in waiting] == [
         ("focus", "top_blocks", 3e-4), ("focus", "top_blocks", 3e-4), (None, "full", 1e-3)]
     lines = [line for line in out.splitlines() if " trial " in line]
-    assert all(" screen " in line for line in lines[:2]) and all(" focus " in line for line in lines[2:4])
+    assert all(" screen " in line for line in lines[:2]) and all(" focus " in line for line in lines[2 + plan.HEAD_TRIALS:4 + plan.HEAD_TRIALS])
+    assert all(" head " in line for line in lines[2:2 + plan.HEAD_TRIALS])
     from optuna_dashboard import get_note
 
     note = get_note(study)  # the dashboard's study note: the plan and, as the run left it, the incumbent
     assert "### Plan" in note and "1. **Screen**: 2 trial(s) of the seeds' frozen recipe" in note
-    assert "2. **Focus**: when the screen is done" in note
+    assert f"2. **Head search**: when the screen is done, {plan.HEAD_TRIALS} frozen trials" in note
+    assert "3. **Focus**: then the portfolio's" in note
     assert f"### Incumbent\n\nTrial {study.best_trial.number} " in note
 
 
@@ -139,7 +149,7 @@ def test_the_note_says_why_trials_stopped():
     assert "| stopped by the fold race: behind the incumbent | 1 |" in note
     assert "| stopped by the fold race: below the median of completed trials | 1 |" in note
     assert "| pruned in fold 1 by the pruner (per fine-tuning epoch) | 2 |" in note
-    assert "4. **Deliver**: 10% of a budget is kept" in note
+    assert "5. **Deliver**: 10% of a budget is kept" in note
     assert "its fine-tuning epochs are judged by the `median` pruner" in note  # the space's per-epoch rule
     incumbent = parse_space({"study": {"pruner": {"type": "incumbent", "z": 1.5}}}, "s.yaml")
     assert ("judged at its fine-tuning epochs 2, 4, 8, ... and stopped when below the incumbent's same epoch by "
@@ -151,7 +161,9 @@ def test_a_fine_tuning_trial_starts_from_its_screened_head(staged):
     """LP-FT: each focus trial (tiny_cnn's top blocks) starts each fold from the head screened on that fold at its
     image size."""
     study, _ = staged
-    for finetune in study.trials[2:4]:
+    focus = study.trials[2 + plan.HEAD_TRIALS:4 + plan.HEAD_TRIALS]  # after the screen and the head search
+    assert [t.user_attrs["stage"] for t in focus] == ["focus"] * 2
+    for finetune in focus:
         screened = next(t for t in study.trials[:2] if t.params["image_size"] == finetune.params["image_size"])
         assert finetune.state == optuna.trial.TrialState.COMPLETE
         assert finetune.user_attrs["head_from"] == f"screened head of trial {screened.number}"
@@ -180,8 +192,13 @@ def test_the_focus_stage_is_queued_once_when_the_last_screen_ends():
     study.enqueue_trial(screens[3], user_attrs={"stage": "screen"})
     assert plan.queue_focus(study, space) == 0  # the last screen still waits
     last = study.ask()
-    assert plan.queue_focus(study, space, (last.number, 0.8, screens[3])) == 5  # 2 configs x 2 pairs + 1 held back
+    # the head search on the best pair, then 2 configs x 2 pairs, then the 1 held back
+    assert plan.queue_focus(study, space, (last.number, 0.8, screens[3])) == plan.HEAD_TRIALS + 5
     queued = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    heads, queued = queued[:plan.HEAD_TRIALS], queued[plan.HEAD_TRIALS:]
+    assert all(t.user_attrs["stage"] == "head" and t.system_attrs["fixed_params"]["freeze"] == "frozen"
+               and t.system_attrs["fixed_params"]["backbone"] == "mobilenet_v2@0.35"
+               and t.system_attrs["fixed_params"]["image_size"] == 48 for t in heads)
     pairs = [(t.user_attrs.get("stage"), t.system_attrs["fixed_params"]["backbone"],
               t.system_attrs["fixed_params"]["image_size"]) for t in queued]
     best, second = ("focus", "mobilenet_v2@0.35", 48), ("focus", "mobilenet_v2@0.35", 32)  # 0.9, then the last (0.8)
@@ -279,10 +296,10 @@ def test_a_short_budget_screens_the_largest_sizes_and_leaves_the_smallest_out():
         trial.datetime_start = datetime.datetime(2026, 1, 1)
         trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=45)
         study.add_trial(trial)
-    assert plan.refusal(study, screens[2], {}, left_s=300, budget_s=400, screening=True) is None
-    assert plan.refusal(study, screens[2], {}, left_s=200, budget_s=300, screening=True) == \
+    assert plan.refusal(study, screens[2], {}, left_s=300, budget_s=400, stage=plan.SCREEN) is None
+    assert plan.refusal(study, screens[2], {}, left_s=200, budget_s=300, stage=plan.SCREEN) == \
         "the screen took 90 s, 30% of the budget (300 s)"
-    assert plan.refusal(study, screens[2], {}, left_s=None, budget_s=None, screening=True) is None
+    assert plan.refusal(study, screens[2], {}, left_s=None, budget_s=None, stage=plan.SCREEN) is None
     for params in screens[2:]:
         study.enqueue_trial(params, user_attrs={"stage": "screen"})
     refused = study.ask()  # the 32 px tiny_cnn, refused: the other 32 px screen still waits, so no focus yet
@@ -290,8 +307,57 @@ def test_a_short_budget_screens_the_largest_sizes_and_leaves_the_smallest_out():
     study.tell(refused, state=optuna.trial.TrialState.PRUNED)
     last = study.ask()
     assert plan.queue_focus(study, space, (last.number, None, screens[3])) > 0  # the last one, refused too
-    focus = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))]
+    focus = [t.system_attrs["fixed_params"] for t in study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+             if t.user_attrs.get("stage") == "focus"]
     assert [(f["backbone"], f["image_size"]) for f in focus[:2]] == [("mobilenet_v2@0.35", 48), ("tiny_cnn", 48)]
+
+
+def test_the_head_search_draws_the_heads_own_knobs_on_the_best_screened_pair():
+    """Frozen trials on the given pair; the knobs a frozen head has drawn from the space (momentum only with SGD, no
+    fine-tuning knob, no augmentation or mixing that defeats the feature cache), the same for the same seed."""
+    def space(seed):
+        return parse_space({"study": {"seed": seed}, "params": {
+            "backbone": {"choices": ["tiny_cnn", "mobilenet_v2@0.35"]}, "image_size": {"choices": [32, 48]},
+            "weights": "none", "freeze": {"choices": ["frozen", "top_blocks"]}, "unfreeze_blocks": {"low": 1, "high": 2},
+            "optimizer": {"choices": ["sgd", "adam", "adamw"]}, "momentum": {"low": 0.8, "high": 0.95},
+            "learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}, "dropout": {"low": 0.0, "high": 0.5},
+            "label_smoothing": {"choices": [0.0, 0.1]}, "layer_decay": {"low": 0.5, "high": 1.0},
+            "augment": {"choices": ["none", "mirror", "light"]}, "mix": {"choices": ["none", "mixup", "feature_mixup"]},
+            "mix_alpha": {"low": 0.1, "high": 0.4}}}, "s.yaml")
+
+    pair = {"backbone": "mobilenet_v2@0.35", "image_size": 32}
+    heads = plan.head_trials(space(0), pair)
+    assert len(heads) == plan.HEAD_TRIALS
+    for params in heads:
+        assert params["freeze"] == "frozen" and {k: params[k] for k in pair} == pair
+        assert 1e-4 <= params["learning_rate"] <= 1e-2 and 0.0 <= params["dropout"] <= 0.5
+        assert params["augment"] in ("none", "mirror") and params["mix"] in ("none", "feature_mixup")
+        assert ("momentum" in params) == (params["optimizer"] == "sgd")
+        assert ("mix_alpha" in params) == (params["mix"] == "feature_mixup")
+        assert "unfreeze_blocks" not in params and "layer_decay" not in params
+    assert len({round(p["learning_rate"], 9) for p in heads}) == plan.HEAD_TRIALS  # a search, not one config
+    assert plan.head_trials(space(0), pair) == heads and plan.head_trials(space(1), pair) != heads
+    off = parse_space({"study": {"screen": False}, "params": {"freeze": {"choices": ["frozen", "full"]}}}, "s.yaml")
+    assert plan.head_trials(off, {}) == []
+
+
+def test_the_head_search_stops_at_its_share_of_the_budget():
+    """The screen took 90 s and the head search 20 s: 110 s is under 40 % of a 300 s budget (the next head trial
+    starts) and over it for 250 s; the head search is refused by nothing else, a screen by its own 30 %."""
+    study = optuna.create_study(direction="maximize")
+    for stage, seconds in (("screen", 45), ("screen", 45), ("head", 20)):
+        trial = optuna.trial.create_trial(value=0.8, user_attrs={"stage": stage})
+        trial.datetime_start = datetime.datetime(2026, 1, 1)
+        trial.datetime_complete = trial.datetime_start + datetime.timedelta(seconds=seconds)
+        study.add_trial(trial)
+    head = {"freeze": "frozen"}
+    assert plan.refusal(study, head, {}, left_s=5, budget_s=300, stage=plan.HEAD) is None
+    assert plan.refusal(study, head, {}, left_s=200, budget_s=250, stage=plan.HEAD) == \
+        "the screen and the head search took 110 s, 40% of the budget (250 s)"
+    assert plan.refusal(study, head, {}, left_s=200, budget_s=300, stage=plan.SCREEN) == \
+        "the screen took 90 s, 30% of the budget (300 s)"
+    assert plan.stop_reason("not started: the screen and the head search took 110 s, 40% of the budget (250 s)") == \
+        "not started: the head search had used its share of the budget"
 
 
 def test_the_search_stage_samples_around_the_best_screened_pairs():
@@ -536,13 +602,20 @@ def test_a_delivery_past_its_deadline_leaves_the_greedy_ensembles_later_trials_o
 
 @pytest.mark.slow
 def test_a_delivered_model_holds_at_most_max_models_networks(staged, monkeypatch):
-    """With room for 3 networks, a trial gives min(K, 3 // trials chosen) fold models, and at least one."""
+    """Fold models are built round-robin over the chosen trials, best first: with room for 3 networks and three trials
+    of 2 folds chosen, each gives its first fold model; with two trials, the first gives both, the second one."""
     from search.deliver import ensemble
 
+    members = load_members("staged")
     monkeypatch.setattr(ensemble, "MAX_MODELS", 3)
-    report = json.loads((deliver("staged", log=lambda line: None) / "report.json").read_text())
-    chosen = len(report["members"])
-    assert report["models"] == chosen * max(1, 3 // chosen) and all(r["folds"] >= 1 for r in report["members"])
+    for chosen in (3, 2):
+        weights = {m.number: 1 for m in members[:chosen]}
+        monkeypatch.setattr(ensemble, "choose", lambda found: {
+            "kind": "greedy ensemble", "weights": weights, "evidence": {"fold ensemble": 0.5, "greedy ensemble": 0.6},
+            "best_trial": members[0].number})
+        report = json.loads((deliver("staged", log=lambda line: None) / "report.json").read_text())
+        assert report["models"] == 3 and [r["trial"] for r in report["members"]] == list(weights)
+        assert [r["folds"] for r in report["members"]] == ([1, 1, 1] if chosen == 3 else [2, 1])
 
 
 def test_the_keeper_keeps_only_the_best(tmp_path, monkeypatch):

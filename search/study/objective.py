@@ -81,7 +81,7 @@ class Objective:
             plan.queue_focus(trial.study, self.space)
         left = None if self.deadline is None else self.deadline - time.monotonic()
         screening = TrialRecord.of(trial).stage == plan.SCREEN
-        why = plan.refusal(trial.study, trial.params, self._fixed, left, self.budget_s, screening)
+        why = plan.refusal(trial.study, trial.params, self._fixed, left, self.budget_s, TrialRecord.of(trial).stage)
         if why:  # before anything is built: a refused trial costs nothing
             write(trial, ended=f"not started: {why}")
             if screening:  # the last screen refused queues the focus stage

@@ -6,11 +6,15 @@
    incumbent, so by construction the study starts at least at the seeds' frozen recipe, by an honest value, and
    every backbone x size has a real accuracy before TPE models anything. A short budget screens until the screen
    took SCREEN_SHARE of it: the smallest sizes, screened last, are left out.
-2. Focus. When the screen is done, the portfolio's fine-tuning configs that train the top of the backbone
+2. Head search. When the screen is done, HEAD_TRIALS head-only trials on the best screened pair, their head's own
+   knobs (optimizer, learning rate, dropout, label smoothing, weight decay, cacheable augmentation and mixing) drawn
+   at random from the space, seeded by the study's seed: seconds each on the cached features, like the screen. A
+   head better than the seeds' own becomes the incumbent, and the delivered ensemble may take it.
+3. Focus. Then the portfolio's fine-tuning configs that train the top of the backbone
    (spaces/portfolio.yaml, chosen across data sets) are queued on the best screened backbone x size pairs, each
    starting from its pair's screened head (LP-FT): fine-tuning is spent where the screen found the features,
    before the space's own queued recipes and the sampler's trials, which follow as before.
-3. Cost. A trial whose like (cost_kind: same backbone, width, image size, part of the backbone trained, cached
+4. Cost. A trial whose like (cost_kind: same backbone, width, image size, part of the backbone trained, cached
    or not, mirrored or not) already ran is refused before it starts when their wall time says it cannot finish
    in the time left, or would take more than MAX_SHARE of the whole budget: on flowers one full fine-tune at
    224 px took 46-57 % of a search. A running trial past MAX_SHARE that does not lead is stopped
@@ -21,6 +25,8 @@ No Keras here: the objective asks `refusal` before it trains, run.py asks `scree
 
 from __future__ import annotations
 
+import random
+
 import optuna
 
 from search.config import DEFAULTS
@@ -28,13 +34,14 @@ from search.data.folds import study_folds
 from search.models.augment import get_augmentation, get_mix
 from search.models.freezing import get_strategy
 from search.space import Space
+from search.space.sample import sample
 from search.space.schema import condition
 from search.study.pruning import epoch_rule
 from search.study.warm_start import portfolio_candidates, transfer
 
 # the seeds' feature-extractor recipe (articles 000 and 002), on top of every knob's plain default
 SCREEN_RECIPE = {"freeze": "frozen", "optimizer": "adam", "learning_rate": 1e-3, "dropout": 0.2}
-SCREEN, FOCUS, SEARCH = "screen", "focus", "search"  # the stages a trial line and the dashboard name
+SCREEN, HEAD, FOCUS, SEARCH = "screen", "head", "focus", "search"  # the stages a trial line and the dashboard name
 FOCUS_PAIRS, FOCUS_CONFIGS = 2, 2  # the best screened backbone x size pairs, the portfolio's first fine-tuning configs
 FOCUS_ATTR = "focus_queued"  # study user attr: the focus stage is queued (once, by whichever process sees it first)
 LATER_ATTR = "queued_after_screen"  # study user attr: the space's own queue, held back until the focus is queued
@@ -45,6 +52,11 @@ MAX_SHARE = 1 / 3  # no single trial may be planned to take more of the budget t
 # and in 2 of 3 seeds the focus trial (0.897 and 0.859 over its first folds, above every screen) was still stopped at
 # the end, in fold 4 or 5 of 5: a 5-fold top-blocks fine-tune there costs about 150 s, half the budget
 SCREEN_SHARE = 0.3
+HEAD_TRIALS = 4  # the head search's trials: a random search of four draws (a handful of seconds each)
+# ... and the head search starts no more trials once the screen's and its own trials took this much more of the
+# budget: on the 100-a-class proxy (300 s) the screen alone takes its 30 %, and a 5-fold top-blocks fine-tune
+# about 150 s (the focus stage's first trial must still fit)
+HEAD_SHARE = 0.1
 DELIVERY_SHARE = 0.1  # of a budget, kept for building and testing the delivered model (search/deliver/ensemble.py)
 # ... and at least this many seconds: the trial in flight at the search's end, the delivery, the test pass and the
 # process's exit take seconds whatever the budget (6.4 s after the search's end for the built-in default, 40 s
@@ -102,6 +114,27 @@ def _with_plain_knobs(space: Space, recipe: dict, names) -> dict:
     return out
 
 
+def head_trials(space: Space, pair: dict) -> list[dict]:
+    """The params of the head search: HEAD_TRIALS frozen trials on the screened `pair` ({backbone?, image_size?}),
+    every other knob the space samples for a frozen trial drawn by Optuna's RandomSampler (seeded by the study's
+    seed), the augmentation and mixing among the cacheable ones only (the others cost a backbone pass per epoch)."""
+    if not space.study.screen or "frozen" not in space.values("freeze"):
+        return []
+    rng = random.Random(space.study.seed)
+    cheap = {name: [v for v in space.values(name) if registry(v).cacheable]
+             for name, registry in (("augment", get_augmentation), ("mix", get_mix))
+             if name in space.params and not space.params[name].is_fixed}
+    draws = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=space.study.seed))
+    out = []
+    for _ in range(HEAD_TRIALS):
+        draws.enqueue_trial({"freeze": "frozen", **pair, **{k: rng.choice(v) for k, v in cheap.items() if v}})
+        trial = draws.ask()
+        sample(trial, space)
+        draws.tell(trial, 0.0)
+        out.append(dict(trial.params))
+    return out
+
+
 def focus_trials(space: Space, pairs: list[dict]) -> list[dict]:
     """The params of the focus stage: the portfolio's first FOCUS_CONFIGS configs that fine-tune the top of the
     backbone over a cached prefix (reduced to this space), each on the FOCUS_PAIRS best screened pairs `pairs`
@@ -138,7 +171,7 @@ def ranked_pairs(study: optuna.Study, current: tuple[int, float | None, dict] | 
 
 def queue_focus(study: optuna.Study, space: Space, current: tuple[int, float | None, dict] | None = None) -> int:
     """Once the screen is done (no screening trial waits or runs but `current`'s: (number, value or None when not
-    started, params)), queue the focus stage, then the space's held-back queue. Returns how many trials it queued
+    started, params)), queue the head search, the focus stage, then the space's held-back queue. Returns how many trials it queued
     (0: not yet, already done, or no screen)."""
     if study.user_attrs.get(FOCUS_ATTR) or LATER_ATTR not in study.user_attrs:
         return 0
@@ -148,8 +181,11 @@ def queue_focus(study: optuna.Study, space: Space, current: tuple[int, float | N
     if any(t.user_attrs.get("stage") == SCREEN and t.number != me for t in pending):
         return 0
     study.set_user_attr(FOCUS_ATTR, True)
-    queued = 0
-    for params in focus_trials(space, ranked_pairs(study, current)):
+    queued, pairs = 0, ranked_pairs(study, current)
+    for params in head_trials(space, pairs[0]) if pairs else []:
+        study.enqueue_trial(params, user_attrs={"stage": HEAD}, skip_if_exists=True)
+        queued += 1
+    for params in focus_trials(space, pairs):
         study.enqueue_trial(params, user_attrs={"stage": FOCUS}, skip_if_exists=True)
         queued += 1
     for params in study.user_attrs.get(LATER_ATTR, []):
@@ -271,15 +307,22 @@ def nothing_fits(study: optuna.Study, left_s: float) -> bool:
 
 
 def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None, budget_s: float | None,
-            screening: bool = False) -> str | None:
+            stage: str | None = None) -> str | None:
     """Why a trial with `params` should not start, or None. Only a budget refuses: a count-bound study runs all.
-    A screening trial is refused once the screen's trials took SCREEN_SHARE of the budget."""
+    A screening trial is refused once the screen's trials took SCREEN_SHARE of the budget, a head search's trial
+    once the screen's and the head search's took SCREEN_SHARE + HEAD_SHARE; both by nothing else."""
     if not budget_s:
         return None
-    if screening:
+    if stage == SCREEN:
         spent = sum(_seconds(study, lambda t: t.user_attrs.get("stage") == SCREEN))
         if spent >= SCREEN_SHARE * budget_s:
             return f"the screen took {spent:.0f} s, {SCREEN_SHARE:.0%} of the budget ({budget_s:.0f} s)"
+        return None
+    if stage == HEAD:
+        spent = sum(_seconds(study, lambda t: t.user_attrs.get("stage") in (SCREEN, HEAD)))
+        if spent >= (SCREEN_SHARE + HEAD_SHARE) * budget_s:
+            return (f"the screen and the head search took {spent:.0f} s, {SCREEN_SHARE + HEAD_SHARE:.0%} of the "
+                    f"budget ({budget_s:.0f} s)")
         return None
     estimate = estimated_seconds(study, params, fixed)
     if estimate is None:
@@ -294,6 +337,8 @@ def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None
 
 # why a trial that did not complete ended, from its `ended` words (search/study/objective.py writes them)
 STOPS = (("not started: the screen took", "not started: the screen had used its share of the budget"),
+         ("not started: the screen and the head search took",
+          "not started: the head search had used its share of the budget"),
          ("not started", "not started: the cost model (it could not finish in time, or would take over a third)"),
          ("below the incumbent", "stopped by the fold race: behind the incumbent"),
          ("stopped at the study's deadline", "stopped at the budget's end"),
@@ -318,18 +363,21 @@ def note_section(study: optuna.Study, space: Space, delivers: bool) -> str:
              f"1. **Screen**: {len(screens)} trial(s) of the seeds' frozen recipe (frozen, Adam 1e-3, dropout 0.2) "
              "on every backbone x image size, first; seconds each on cached features." if screens else
              "1. **Screen**: none (study.screen off, or the space cannot freeze the backbone).",
-             "2. **Focus**: when the screen is done, the portfolio's first fine-tuning configs on the best screened "
-             "backbone x size pairs, then the space's queued trials." if screens else "2. **Focus**: none (no screen).",
-             "3. **Search**: the sampler's trials. A fine-tuning trial starts from its backbone x size's screened head "
+             f"2. **Head search**: when the screen is done, {HEAD_TRIALS} frozen trials on the best screened pair, "
+             "the head's own knobs drawn at random from the space; seconds each." if screens else
+             "2. **Head search**: none (no screen).",
+             "3. **Focus**: then the portfolio's first fine-tuning configs on the best screened "
+             "backbone x size pairs, then the space's queued trials." if screens else "3. **Focus**: none (no screen).",
+             "4. **Search**: the sampler's trials. A fine-tuning trial starts from its backbone x size's screened head "
              f"(LP-FT) when there is one; {epoch_rule(space.study.pruner)}; the fold race stops a trial whose "
              "running mean trails the incumbent by more than two standard errors; a trial like ones that took longer than the time left, or over a third of "
              "the budget, is not started; a running trial that has had a third of the budget without leading is "
              "stopped, and so is a cross-validated one whose folds to go cannot end before the budget's end.",
-             f"4. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "
+             f"5. **Deliver**: {DELIVERY_SHARE:.0%} of a budget is kept (at least {MIN_RESERVE_S:.0f} s) to build the "
              "delivered model from the best "
              "trials' kept fold models (their fold ensemble or a greedy ensemble, by out-of-fold accuracy), tested "
              "once on the test split: studies/<name>/delivered/." if delivers else
-             "4. **Deliver**: off (study.deliver: false, or a Pareto study: the choice is the user's)."]
+             "5. **Deliver**: off (study.deliver: false, or a Pareto study: the choice is the user's)."]
     completed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if completed and len(study.directions) == 1:
         best = study.best_trial

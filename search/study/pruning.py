@@ -97,11 +97,10 @@ class IncumbentRace(optuna.pruners.BasePruner):
         epochs = {step: value for step, value in trial.intermediate_values.items() if step < self.fold_step0}
         if not epochs or not self.at_rung(len(epochs)):
             return False
-        completed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                     if t.value is not None]
-        if not completed:
+        try:
+            incumbent = study.best_trial
+        except ValueError:  # nothing completed yet: no incumbent to race against
             return False
-        incumbent = max(completed, key=lambda t: t.value)
         mine = max(epochs.values())
         if mine >= incumbent.value:
             return False  # no race stops a trial that leads
