@@ -75,17 +75,21 @@ def test_screening_trials_cover_every_backbone_and_size_with_the_seeds_frozen_re
     assert plan.screening_trials(cannot) == []  # no frozen trial in this space: nothing to screen
 
 
+HEADS = 2  # the staged study's head search
+
+
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory):
-    """One real staged study of 4 + HEAD_TRIALS trials (two screening trials, the head search, then the first two of
+    """One real staged study of 4 + HEADS trials (two screening trials, the head search, then the first two of
     the focus stage: the portfolio's first top-blocks fine-tune on each screened size; the rest of the queue
     waits), its output lines."""
     import contextlib
     import io
 
-    space = staged_space(tmp_path_factory.mktemp("staged"), "staged", n_trials=4 + plan.HEAD_TRIALS, text=RUN_SPACE)
+    space = staged_space(tmp_path_factory.mktemp("staged"), "staged", n_trials=4 + HEADS, text=RUN_SPACE)
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plan, "HEAD_TRIALS", HEADS)  # two head trials show the stage; four cost the test time
         study = run_study(space, reporters=[lambda trial, *rest: FROZEN_DURING_TRIALS.append(gc.get_freeze_count())])
     return study, out.getvalue()
 
@@ -97,20 +101,20 @@ FROZEN_DURING_TRIALS: list[int] = []  # gc.get_freeze_count() as each of the sta
 def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
     study, out = staged
     # the objects alive before the first trial are frozen while the study runs (a trial's collection skips them)
-    assert len(FROZEN_DURING_TRIALS) == 4 + plan.HEAD_TRIALS and min(FROZEN_DURING_TRIALS) > 10_000
+    assert len(FROZEN_DURING_TRIALS) == 4 + HEADS and min(FROZEN_DURING_TRIALS) > 10_000
     assert gc.get_freeze_count() == 0
     first = study.trials[:2]
     assert [t.user_attrs["stage"] for t in first] == ["screen"] * 2
     assert [t.params["image_size"] for t in first] == [48, 32] and all(t.params["freeze"] == "frozen" for t in first)
     # then the head search, on the better screened size, trained: head-only trials of their own knobs
-    heads = study.trials[2:2 + plan.HEAD_TRIALS]
+    heads = study.trials[2:2 + HEADS]
     best_size = max(first, key=lambda t: (t.value, -t.number)).params["image_size"]
-    assert [t.user_attrs["stage"] for t in heads] == ["head"] * plan.HEAD_TRIALS
+    assert [t.user_attrs["stage"] for t in heads] == ["head"] * HEADS
     assert all(t.params["freeze"] == "frozen" and t.params["image_size"] == best_size and t.user_attrs["curve"]
                for t in heads)
     # the focus: spaces/portfolio.yaml's entry 1 as this space takes it (top 6 blocks clipped to 2, learning rate
     # 3.7e-4, dropout 0.22; adamw is not a choice here) on each screened size, the better screened first
-    focus = study.trials[2 + plan.HEAD_TRIALS:4 + plan.HEAD_TRIALS]
+    focus = study.trials[2 + HEADS:4 + HEADS]
     assert [t.user_attrs["stage"] for t in focus] == ["focus"] * 2
     ranked = sorted(first, key=lambda t: (-t.value, t.number))
     assert [t.params["image_size"] for t in focus] == [t.params["image_size"] for t in ranked]
@@ -123,13 +127,14 @@ def test_the_screening_stage_runs_first_and_its_lines_say_so(staged):
     assert [(w["stage"], w["freeze"], w["learning_rate"]) for w in waiting] == [
         ("focus", "top_blocks", 3e-4), ("focus", "top_blocks", 3e-4), (None, "full", 1e-3)]
     lines = [line for line in out.splitlines() if " trial " in line]
-    assert all(" screen " in line for line in lines[:2]) and all(" focus " in line for line in lines[2 + plan.HEAD_TRIALS:4 + plan.HEAD_TRIALS])
-    assert all(" head " in line for line in lines[2:2 + plan.HEAD_TRIALS])
+    assert all(" screen " in line for line in lines[:2])
+    assert all(" focus " in line for line in lines[2 + HEADS:4 + HEADS])
+    assert all(" head " in line for line in lines[2:2 + HEADS])
     from optuna_dashboard import get_note
 
     note = get_note(study)  # the dashboard's study note: the plan and, as the run left it, the incumbent
     assert "### Plan" in note and "1. **Screen**: 2 trial(s) of the seeds' frozen recipe" in note
-    assert f"2. **Head search**: when the screen is done, {plan.HEAD_TRIALS} frozen trials" in note
+    assert f"2. **Head search**: when the screen is done, {HEADS} frozen trials" in note
     assert "3. **Focus**: then the portfolio's" in note
     assert f"### Incumbent\n\nTrial {study.best_trial.number} " in note
 
@@ -161,7 +166,7 @@ def test_a_fine_tuning_trial_starts_from_its_screened_head(staged):
     """LP-FT: each focus trial (tiny_cnn's top blocks) starts each fold from the head screened on that fold at its
     image size."""
     study, _ = staged
-    focus = study.trials[2 + plan.HEAD_TRIALS:4 + plan.HEAD_TRIALS]  # after the screen and the head search
+    focus = study.trials[2 + HEADS:4 + HEADS]  # after the screen and the head search
     assert [t.user_attrs["stage"] for t in focus] == ["focus"] * 2
     for finetune in focus:
         screened = next(t for t in study.trials[:2] if t.params["image_size"] == finetune.params["image_size"])

@@ -171,8 +171,8 @@ def ranked_pairs(study: optuna.Study, current: tuple[int, float | None, dict] | 
 
 def queue_focus(study: optuna.Study, space: Space, current: tuple[int, float | None, dict] | None = None) -> int:
     """Once the screen is done (no screening trial waits or runs but `current`'s: (number, value or None when not
-    started, params)), queue the head search, the focus stage, then the space's held-back queue. Returns how many trials it queued
-    (0: not yet, already done, or no screen)."""
+    started, params)), queue the head search, the focus stage, then the space's held-back queue. Returns how many
+    trials it queued (0: not yet, already done, or no screen)."""
     if study.user_attrs.get(FOCUS_ATTR) or LATER_ATTR not in study.user_attrs:
         return 0
     me = None if current is None else current[0]
