@@ -25,7 +25,7 @@ def probe(name: str) -> dict:
 
     from search.config import TrialConfig, default_storage_url
     from search.data.datasets import load_images, load_pool, load_split
-    from search.deliver.ensemble import choose, fold_model, predict
+    from search.deliver.ensemble import choose, member_models, predict
     from search.study.members import load_members
     from search.training.train import train
 
@@ -48,7 +48,7 @@ def probe(name: str) -> dict:
     for number in weights:
         member = by_number[number]
         images = test_at(TrialConfig.from_dict(member.config)).images
-        models = [fold_model(member, i, len(names)) for i in range(len(member.weights))]
+        models = member_models(member, len(names))
         plain[number] = [predict(m, images) for m in models]
         mirrored[number] = [predict(m, images[:, :, ::-1]) for m in models]
     labels = test_at(cfg).labels

@@ -89,9 +89,9 @@ def choose(members: list[Member]) -> dict:
     return {"kind": "fold ensemble", "weights": {best: 1}, "evidence": evidence, "best_trial": best}
 
 
-def member_models(member: Member, num_classes: int, most: int | None = None) -> list:
-    """The member's fold models (its first `most`), rebuilt with their trained weights (fold_model)."""
-    return [fold_model(member, i, num_classes) for i in range(len(member.weights[:most]))]
+def member_models(member: Member, num_classes: int) -> list:
+    """Every fold model of the member, rebuilt with its trained weights (fold_model)."""
+    return [fold_model(member, i, num_classes) for i in range(len(member.weights))]
 
 
 def fold_model(member: Member, fold: int, num_classes: int):
