@@ -261,6 +261,33 @@ def test_a_trial_the_cost_model_cannot_fit_is_not_started(tmp_path):
     assert plan.refusal(study, dear, {}, left_s=10, budget_s=None) is None  # a count-bound run starts every trial
 
 
+def test_a_study_whose_draws_are_refused_in_a_row_starts_nothing_more(tmp_path):
+    """A frozen trial took 1 s, so something measured fits in the 60 s left; but every trial that comes (12 queued
+    full fine-tunes, like two that took 100 s) is refused: after REFUSED_IN_A_ROW of them the study stops, and
+    the rest stay queued. A refusal of another kind (over a third of the budget) does not count."""
+    space = staged_space(tmp_path, "refused")
+    study = optuna.create_study(direction="maximize")
+    dear = {"backbone": "tiny_cnn", "image_size": 32, "freeze": "full"}
+    _completed(study, {**dear, "freeze": "frozen"}, seconds=1)
+    for _ in range(2):
+        _completed(study, dear, seconds=100)
+    for _ in range(12):
+        study.enqueue_trial({**dear, "optimizer": "adam", "learning_rate": 1e-3, "dropout": 0.0})
+    study.optimize(Objective(space, deadline=time.monotonic() + 60, budget_s=1000), n_trials=20)
+    refused = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    assert len(refused) == plan.REFUSED_IN_A_ROW
+    assert all(t.user_attrs["ended"].endswith("s of the budget left") for t in refused)
+    assert sum(t.state == optuna.trial.TrialState.WAITING for t in study.trials) == 12 - plan.REFUSED_IN_A_ROW
+    assert plan.nothing_fits(study, 60)  # the last ten that left the queue: refused for the time left
+
+    capped = optuna.create_study(direction="maximize")
+    _completed(capped, {**dear, "freeze": "frozen"}, seconds=1)
+    for _ in range(plan.REFUSED_IN_A_ROW):
+        capped.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, user_attrs={
+            "ended": "not started: 2 like it took 400 s on average, over a third of the budget (1000 s)"}))
+    assert not plan.nothing_fits(capped, 60)
+
+
 def test_a_kind_only_stopped_so_far_is_estimated_by_its_fine_tuning_epochs_pace():
     """No full fine-tune completed; two were pruned after fine-tuning epochs of 40 s (median; the first one's
     first epoch also traced the step). 12 epochs x 3 folds at that pace is 1,440 s: over a third of a 2,700 s

@@ -87,7 +87,7 @@ class Objective:
             if screening:  # the last screen refused queues the focus stage
                 plan.queue_focus(trial.study, self.space, (trial.number, None, trial.params))
             if left is not None and plan.nothing_fits(trial.study, left):
-                trial.study.stop()  # no trial of any kind so far took as little as the time left
+                trial.study.stop()  # nothing measured, or nothing the sampler draws, fits in the time left
             raise optuna.TrialPruned(f"not started: {why}")
         data = search_data_for(cfg)
         folds = study_folds(trial.study)
