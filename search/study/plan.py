@@ -310,10 +310,9 @@ def nothing_fits(study: optuna.Study, left_s: float) -> bool:
     seconds = _seconds(study)
     if seconds and min(seconds) > left_s:
         return True
-    last = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.WAITING]
-    last = sorted(last, key=lambda t: t.number)[-REFUSED_IN_A_ROW:]
-    return len(last) == REFUSED_IN_A_ROW and all(str(t.user_attrs.get("ended", "")).endswith(TIME_LEFT)
-                                                 for t in last)
+    last = [t for t in study.get_trials(deepcopy=False)  # in trial-number order
+            if t.state != optuna.trial.TrialState.WAITING][-REFUSED_IN_A_ROW:]
+    return len(last) == REFUSED_IN_A_ROW and all(t.user_attrs.get("ended", "").endswith(TIME_LEFT) for t in last)
 
 
 def refusal(study: optuna.Study, params: dict, fixed: dict, left_s: float | None, budget_s: float | None,
